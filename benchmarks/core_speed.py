@@ -1,0 +1,78 @@
+"""Forward + backward time per sequence of rimrl's cores, as ratios to ``torch.nn.LSTM``.
+
+Every core sees the same ``(T, B, input)`` batch in one process; the reference LSTM is timed
+before and after each core and the ratio uses their mean, so drift on a shared machine cancels.
+
+    python benchmarks/core_speed.py                 # T=64, B=64, input 256, hidden 384, 6 units, k=4
+    python benchmarks/core_speed.py --threads 2 --json benchmarks/out/core_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from benchmarks._common import machine_info, median_seconds, print_table, write_json
+from rimrl.cores import make_core
+
+
+def core_factories(args: argparse.Namespace) -> list[tuple[str, int, Callable[[], nn.Module]]]:
+    """``(label, num_tokens, factory)`` for every core under test."""
+    rim = {"num_units": args.units, "k": args.k}
+    return [
+        ("rimrl LSTM", 1, lambda: make_core("lstm", args.input, args.hidden)),
+        ("rimrl GRU", 1, lambda: make_core("gru", args.input, args.hidden)),
+        ("RIM (lstm cells)", 1, lambda: make_core("rim", args.input, args.hidden, cell="lstm", **rim)),
+        ("RIM (gru cells)", 1, lambda: make_core("rim", args.input, args.hidden, cell="gru", **rim)),
+    ]
+
+
+def time_fwd_bwd(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        out = module(x)[0]
+        out.pow(2).mean().backward()
+
+    return median_seconds(step, repeats)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--input", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=384)
+    parser.add_argument("--units", type=int, default=6)
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    x = torch.randn(args.seq_len, args.batch, args.input)
+    reference = nn.LSTM(args.input, args.hidden)
+    rows, results = [], []
+    for label, num_tokens, factory in core_factories(args):
+        core = factory().train()
+        ref_before = time_fwd_bwd(reference, x, args.repeats)
+        seconds = time_fwd_bwd(core, x, args.repeats)
+        ref_after = time_fwd_bwd(reference, x, args.repeats)
+        ref = (ref_before + ref_after) / 2
+        rows.append([label, num_tokens, seconds * 1e3, ref * 1e3, seconds / ref])
+        results.append({"core": label, "num_tokens": num_tokens, "seconds": seconds, "lstm_seconds": ref, "ratio": seconds / ref})
+    print_table(
+        f"forward+backward per sequence, T={args.seq_len} B={args.batch} input={args.input} "
+        f"hidden={args.hidden} ({args.threads} thread(s))",
+        ["core", "tokens", "ms", "torch.nn.LSTM ms", "ratio to nn.LSTM"],
+        rows,
+    )
+    write_json(args.json, {"args": vars(args), "machine": machine_info(), "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Grouped layers: one independent set of weights per unit/module, applied in one batched matmul.
+
+Every tensor here is laid out group-first, ``(G, B, features)``, so a group's weights meet its
+rows in a single ``torch.baddbmm`` — no Python loop over units.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from rimrl.cores.base import check_positive
+
+CELL_KINDS = ("lstm", "gru")
+
+
+def _uniform_(tensor: torch.Tensor, fan: int) -> None:
+    bound = 1.0 / math.sqrt(fan)
+    nn.init.uniform_(tensor, -bound, bound)
+
+
+class GroupedLinear(nn.Module):
+    """``G`` independent linear maps: ``(G, B, in_features) -> (G, B, out_features)``."""
+
+    def __init__(self, num_groups: int, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_groups, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(num_groups, 1, out_features)) if bias else None
+        _uniform_(self.weight, in_features)
+        if self.bias is not None:
+            _uniform_(self.bias, in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return torch.bmm(x, self.weight)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class _GroupedCell(nn.Module):
+    """``G`` independent recurrent cells: ``(x (G, B, input_size), h (G, B, H), c (G, B, H)) -> (h', c')``.
+
+    ``input_gates`` is exposed so a caller may project inputs for all time steps at once and
+    call ``step`` with the projection; ``forward(x, h, c) == step(input_gates(x), h, c)``.
+    """
+
+    num_gates: int
+    #: Whether the recurrent projection has its own bias (a GRU needs it inside ``r * (W h + b)``).
+    hidden_bias: bool
+
+    def __init__(self, num_groups: int, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.input_gates = GroupedLinear(num_groups, input_size, self.num_gates * hidden_size)
+        self.hidden_gates = GroupedLinear(
+            num_groups, hidden_size, self.num_gates * hidden_size, bias=self.hidden_bias
+        )
+        for layer in (self.input_gates, self.hidden_gates):
+            _uniform_(layer.weight, hidden_size)
+            if layer.bias is not None:
+                _uniform_(layer.bias, hidden_size)
+
+    def step(
+        self, input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(
+        self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.step(self.input_gates(x), h, c)
+
+
+class GroupedLSTMCell(_GroupedCell):
+    """``G`` independent LSTM cells (``torch.nn.LSTMCell``'s equations).
+
+    Gates are stored in the order (i, f, o, g) so one sigmoid covers the three gates. One bias
+    (on the input projection) suffices: torch's second LSTM bias is redundant.
+    """
+
+    num_gates = 4
+    hidden_bias = False
+
+    def step(
+        self, input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        gates = torch.baddbmm(input_gates, h, self.hidden_gates.weight)
+        size = self.hidden_size
+        i, f, o = torch.sigmoid(gates[..., : 3 * size]).chunk(3, dim=-1)
+        c_next = f * c + i * torch.tanh(gates[..., 3 * size :])
+        return o * torch.tanh(c_next), c_next
+
+
+class GroupedGRUCell(_GroupedCell):
+    """``G`` independent GRU cells (``torch.nn.GRUCell``'s equations, gates r, z, n).
+
+    A GRU has no cell state: ``c`` is passed through untouched.
+    """
+
+    num_gates = 3
+    hidden_bias = True
+
+    def step(
+        self, input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        xr, xz, xn = input_gates.chunk(3, dim=-1)
+        hr, hz, hn = self.hidden_gates(h).chunk(3, dim=-1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return n + z * (h - n), c
+
+
+def make_grouped_cell(kind: str, num_groups: int, input_size: int, hidden_size: int) -> nn.Module:
+    """Build ``num_groups`` independent ``"lstm"`` or ``"gru"`` cells."""
+    check_positive("num_groups", num_groups)
+    if kind == "lstm":
+        return GroupedLSTMCell(num_groups, input_size, hidden_size)
+    if kind == "gru":
+        return GroupedGRUCell(num_groups, input_size, hidden_size)
+    raise ValueError(f"cell must be one of {CELL_KINDS}, got {kind!r}")

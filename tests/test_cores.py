@@ -1,0 +1,253 @@
+"""Semantics of the recurrent cores (DESIGN.md, "The core interface" and "RIM")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rimrl.cores import GRU, LSTM, RIM, make_core
+
+T, B, INPUT, HIDDEN = 7, 5, 24, 48
+
+CORE_SPECS = {
+    "lstm": {},
+    "gru": {},
+    "rim-lstm": {"num_units": 6, "k": 4, "cell": "lstm", "num_tokens": 3},
+    "rim-gru": {"num_units": 6, "k": 3, "cell": "gru", "num_tokens": 2, "num_comm_heads": 3},
+}
+
+
+def build(spec: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    name = spec.split("-")[0]
+    core = make_core(name, INPUT, HIDDEN, **CORE_SPECS[spec])
+    return core.eval()  # dropout off: step-by-step and sequence calls must agree exactly
+
+
+@pytest.fixture(params=list(CORE_SPECS))
+def spec(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def random_state(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(1, B, HIDDEN, generator=gen), torch.randn(1, B, HIDDEN, generator=gen)
+
+
+def test_shapes_and_attributes(spec: str) -> None:
+    core = build(spec)
+    out, (h, c) = core(torch.randn(T, B, INPUT))
+    assert out.shape == (T, B, HIDDEN)
+    assert h.shape == c.shape == (1, B, HIDDEN)
+    assert (core.input_size, core.hidden_size, core.num_layers) == (INPUT, HIDDEN, 1)
+
+
+def test_sequence_equals_steps(spec: str) -> None:
+    core = build(spec)
+    x = torch.randn(T, B, INPUT)
+    starts = torch.zeros(T, B)
+    starts[0, 1] = 1.0
+    starts[3, 0] = 1.0
+    starts[5, 2:] = 1.0
+    state = random_state()
+    out_seq, (h_seq, c_seq) = core(x, state, starts)
+    step_outs = []
+    for t in range(T):
+        out_t, state = core(x[t : t + 1], state, starts[t : t + 1])
+        step_outs.append(out_t)
+    assert (torch.cat(step_outs) - out_seq).abs().max() < 1e-5
+    assert (state[0] - h_seq).abs().max() < 1e-5
+    assert (state[1] - c_seq).abs().max() < 1e-5
+
+
+def test_episode_start_equals_fresh_run(spec: str) -> None:
+    core = build(spec)
+    x = torch.randn(T, B, INPUT)
+    t0, row = 3, 2
+    starts = torch.zeros(T, B)
+    starts[t0, row] = 1.0
+    out, _ = core(x, random_state(), starts)
+    fresh, _ = core(x[t0:])  # every row from a zero state at t0, same batch shape
+    torch.testing.assert_close(out[t0:, row], fresh[:, row], rtol=0, atol=1e-6)
+    # Other rows are untouched by that row's reset.
+    out_no_reset, _ = core(x, random_state())
+    others = [r for r in range(B) if r != row]
+    assert torch.equal(out[:, others], out_no_reset[:, others])
+
+
+def test_seeded_runs_are_reproducible(spec: str) -> None:
+    x = torch.randn(T, B, INPUT)
+    torch.manual_seed(11)
+    core_a = build(spec, seed=3).train()
+    torch.manual_seed(11)
+    out_a, _ = core_a(x)
+    core_b = build(spec, seed=3).train()
+    torch.manual_seed(11)
+    out_b, _ = core_b(x)
+    assert torch.equal(out_a, out_b)
+    other = build(spec, seed=4)
+    assert not torch.equal(other(x)[0], core_a.eval()(x)[0])
+
+
+def test_lstm_and_gru_match_torch_kernels() -> None:
+    x = torch.randn(T, B, INPUT)
+    lstm, gru = build("lstm"), build("gru")
+    assert isinstance(lstm, LSTM) and isinstance(gru, GRU)
+    expected, (h, c) = lstm.rnn(x)
+    out, state = lstm(x)
+    assert torch.equal(out, expected) and torch.equal(state[0], h) and torch.equal(state[1], c)
+    out, (h_gru, c_gru) = gru(x)
+    assert torch.equal(out, gru.rnn(x)[0])
+    assert torch.count_nonzero(c_gru) == 0  # a GRU's c is documented as zeros
+
+
+def test_lstm_splits_only_at_starts_after_t0(monkeypatch: pytest.MonkeyPatch) -> None:
+    core = build("lstm")
+    calls: list[int] = []
+    original = core._run
+
+    def counting_run(x, state):  # noqa: ANN001, ANN202
+        calls.append(x.shape[0])
+        return original(x, state)
+
+    monkeypatch.setattr(core, "_run", counting_run)
+    starts = torch.zeros(T, B)
+    starts[0] = 1.0
+    core(torch.randn(T, B, INPUT), None, starts)
+    assert calls == [T]  # starts at t = 0 only: one fused call
+    calls.clear()
+    starts[4, 1] = 1.0
+    core(torch.randn(T, B, INPUT), None, starts)
+    assert calls == [4, T - 4]
+
+
+# --- RIM-specific properties -------------------------------------------------------------
+
+
+def rim(cell: str = "lstm", k: int = 4, seed: int = 0, **kwargs) -> RIM:
+    torch.manual_seed(seed)
+    return RIM(INPUT, HIDDEN, num_units=6, k=k, cell=cell, num_tokens=3, **kwargs)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("k", [1, 4, 6])
+def test_exactly_k_units_active(cell: str, k: int) -> None:
+    core = rim(cell, k)
+    core(torch.randn(T, B, INPUT))
+    mask = core.last_active_mask
+    assert mask.shape == (T, B, 6) and mask.dtype == torch.bool
+    assert torch.all(mask.sum(-1) == k)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_inactive_units_keep_state_bit_for_bit(cell: str) -> None:
+    core = rim(cell).train()  # with dropout on, copying must still be exact
+    x = torch.randn(T, B, INPUT)
+    state = random_state()
+    out, _ = core(x, state)
+    mask = core.last_active_mask
+    units = out.view(T, B, 6, HIDDEN // 6)
+    previous = torch.cat([state[0].view(1, B, 6, -1), units[:-1]])
+    inactive = ~mask
+    assert torch.equal(units[inactive], previous[inactive])
+    assert not torch.equal(units[mask], previous[mask])
+    if cell == "lstm":  # c: step through and compare each step's cell state with the previous one
+        c_prev, h_prev = state[1], state[0]
+        for t in range(T):
+            _, (h_prev, c_next) = core(x[t : t + 1], (h_prev, c_prev))
+            keep = ~core.last_active_mask[0]
+            assert torch.equal(c_next.view(B, 6, -1)[keep], c_prev.view(B, 6, -1)[keep])
+            c_prev = c_next
+
+
+def test_selection_uses_least_null_attention() -> None:
+    core = rim().eval()
+    x = torch.randn(1, B, INPUT)
+    keys, _ = core.input_keys_values(x)
+    h0 = torch.zeros(1, B, HIDDEN)
+    query = core.input_query(h0.view(B, 6, -1).transpose(0, 1)).view(6, B, core.num_input_heads, -1)
+    scores = torch.einsum("ubhd,bnhd->bhun", query, keys[0]) / core.input_key_size**0.5
+    null_attention = scores.softmax(-1)[..., 0].mean(1)  # (B, U)
+    core(x)
+    chosen = core.last_active_mask[0]
+    for row in range(B):
+        active_null = null_attention[row][chosen[row]]
+        inactive_null = null_attention[row][~chosen[row]]
+        assert active_null.max() <= inactive_null.min()
+
+
+def test_null_key_and_value_are_zero() -> None:
+    core = rim()
+    assert core.input_key.bias is None and core.input_value.bias is None
+    keys, values = core.input_keys_values(torch.randn(T, B, INPUT))
+    assert keys.shape[2] == values.shape[2] == core.num_tokens + 1
+    assert torch.count_nonzero(keys[:, :, 0]) == 0
+    assert torch.count_nonzero(values[:, :, 0]) == 0
+    assert torch.count_nonzero(values[:, :, 1:]) > 0
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gradient_only_into_active_units_cells(cell: str) -> None:
+    core = rim(cell)
+    x = torch.randn(T, B, INPUT)
+    frozen_unit = 2
+    mask = torch.ones(T, B, 6, dtype=torch.bool)
+    mask[..., frozen_unit] = False  # unit 2 inactive at every step and row
+    mask[..., 5] = False
+    out, _ = core(x, random_state(), active_mask=mask)
+    out.pow(2).sum().backward()
+    for grouped in (core.cell.input_gates, core.cell.hidden_gates):
+        for param in (p for p in (grouped.weight, grouped.bias) if p is not None):
+            per_unit = param.grad.flatten(1).abs().sum(1)
+            assert per_unit[frozen_unit] == 0 and per_unit[5] == 0
+            assert torch.all(per_unit[[0, 1, 3, 4]] > 0)
+    # Its query gets no gradient either (its attended input feeds only its discarded update).
+    assert core.input_query.weight.grad[frozen_unit].abs().sum() == 0
+    # Gradient still flows through the copied state in time: the initial state gets gradient.
+    state = [s.clone().requires_grad_(True) for s in random_state()]
+    out, _ = core(x, tuple(state), active_mask=mask)
+    out.sum().backward()
+    unit_grad = state[0].grad.view(B, 6, -1)[:, frozen_unit]
+    assert unit_grad.abs().sum() > 0
+
+
+def test_selected_mask_carries_no_gradient() -> None:
+    core = rim()
+    core(torch.randn(T, B, INPUT, requires_grad=True))
+    assert not core.last_active_mask.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k": 0}, "k must be"),
+        ({"k": 7}, "k must be"),
+        ({"num_units": 5}, "hidden_size"),
+        ({"num_units": 7, "k": 2}, "hidden_size"),
+        ({"num_tokens": 5}, "input_size"),
+        ({"cell": "rnn"}, "cell must be"),
+        ({"input_dropout": 1.5}, "input_dropout"),
+        ({"num_comm_heads": 0}, "num_comm_heads"),
+    ],
+)
+def test_bad_rim_hyperparameters_raise(kwargs: dict, message: str) -> None:
+    params = {"num_units": 6, "k": 4, "num_tokens": 3, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        RIM(INPUT, HIDDEN, **params)
+
+
+def test_make_core_rejects_unknown_names_and_arguments() -> None:
+    with pytest.raises(ValueError, match="core must be one of"):
+        make_core("transformer", INPUT, HIDDEN)
+    with pytest.raises(ValueError, match="bad arguments"):
+        make_core("lstm", INPUT, HIDDEN, num_units=6)
+    with pytest.raises(ValueError, match="input_size"):
+        make_core("lstm", 0, HIDDEN)
+
+
+def test_bad_input_shapes_raise() -> None:
+    core = build("rim-lstm")
+    with pytest.raises(ValueError, match="x must have shape"):
+        core(torch.randn(T, B, INPUT + 1))
+    with pytest.raises(ValueError, match="episode_starts"):
+        core(torch.randn(T, B, INPUT), None, torch.zeros(T, B + 1))
