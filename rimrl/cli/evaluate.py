@@ -1,0 +1,132 @@
+"""``rimrl-evaluate`` / ``python evaluate.py``: evaluate trained agents in and out of distribution.
+
+Argument parsing and printing only; the work is :func:`rimrl.evaluation.evaluate`. See
+``docs/evaluate.md``. Bad input (missing path, corrupt zip, env with other spaces, unknown
+variant, ...) ends with one ``error: ...`` line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import torch
+from rich.console import Console
+
+from rimrl.cli.common import ArgumentParser, CLIError, main_guard, parse_key_values
+
+__all__ = ["build_parser", "main"]
+
+EXAMPLES = """examples:
+  evaluate.py runs/rimrl-Pickup-Train-v0/rim/seed0 --episodes 100 --out eval/rim0
+  evaluate.py runs/rimrl-Pickup-Train-v0/*/seed* --out eval/pickup --plot
+  evaluate.py model.zip --env rimrl/Pickup-Train-v0 --variants train novel --gif 2 --activations --out eval/x
+  evaluate.py runs/ALE-*/{rim,lstm}/seed* --episodes 10 --compare --out eval/atari
+"""
+
+
+def _variants(values: Sequence[str] | None) -> list[str] | None:
+    """``--variants train novel`` and ``--variants train,novel`` both work."""
+    if not values:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``evaluate`` argument parser."""
+    parser = ArgumentParser(
+        prog="evaluate.py",
+        description="Evaluate RecurrentPPO agents (RIM, SRM, LSTM, GRU cores) on MiniGrid distractor variants or Atari.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="+", metavar="RUN_OR_ZIP", help="run directories (with config.yml) or model.zip files")
+    parser.add_argument("--env", help="env id to evaluate on (required for a bare model.zip; overrides a run's env)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="VARIANT",
+        help="variants of the run's suite (train, more, novel, more+novel) or env ids; default: all of the suite",
+    )
+    parser.add_argument("--episodes", type=int, default=100, help="episodes per variant per model (default: 100)")
+    parser.add_argument("--seed", type=int, default=1000, help="evaluation seed: env i starts at seed+i (default: 1000)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=True, help="greedy actions (default)")
+    mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions from the policy")
+    parser.add_argument("--n-envs", type=int, default=8, help="parallel envs per variant (default: 8)")
+    parser.add_argument("--out", metavar="DIR", help="write results.csv/json/md, episodes.csv and the figures here")
+    parser.add_argument("--plot", action="store_true", help="write results.png: per variant, one bar per core, 95%% CIs")
+    parser.add_argument("--gif", type=int, default=0, metavar="N", help="write N episode GIFs per model and variant")
+    parser.add_argument("--activations", action="store_true", help="RIM/SRM: heatmap of active units; SRM: module geometry")
+    parser.add_argument("--compare", action="store_true", help="Atari: per-game table and bar plot of --challenger over --baseline")
+    parser.add_argument("--challenger", default="rim", help="core compared by --compare (default: rim)")
+    parser.add_argument("--baseline", default="lstm", help="baseline core of --compare (default: lstm)")
+    parser.add_argument("--best", action="store_true", help="evaluate best_model.zip of run directories instead of model.zip")
+    parser.add_argument(
+        "--env-kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra make_env argument for the evaluation envs (repeatable), e.g. max_frames_per_episode=27000",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device for the models (default: cpu)")
+    parser.add_argument("--quiet", action="store_true", help="print only the tables")
+    return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from rimrl.agents import AgentLoadError
+    from rimrl.evaluation import EvaluationInputError
+
+    return (CLIError, AgentLoadError, EvaluationInputError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the evaluation CLI; returns the exit status (bad input exits 2 with one ``error:`` line)."""
+    torch.set_num_threads(1)  # evaluation is many tiny forward passes: threads only add contention
+    return main_guard(_main, expected=_expected_errors())(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from rimrl.evaluation import EvaluationOptions, evaluate
+    from rimrl.evaluation.report import aggregates_table, comparison_table, results_table
+
+    args = build_parser().parse_args(argv)
+    options = EvaluationOptions(
+        paths=args.paths,
+        env=args.env,
+        variants=_variants(args.variants),
+        episodes=args.episodes,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        n_envs=args.n_envs,
+        out=args.out,
+        plot=args.plot,
+        gif=args.gif,
+        activations=args.activations,
+        compare=args.compare,
+        challenger=args.challenger,
+        baseline=args.baseline,
+        checkpoint="best" if args.best else "final",
+        env_kwargs=parse_key_values(args.env_kwarg, what="--env-kwarg"),
+        device=args.device,
+    )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped/logged output: never wrap table cells at 80 columns
+    log = None if args.quiet else (lambda message: console.print(f"[dim]evaluating {message}[/dim]"))
+    report = evaluate(options, log=log)
+    console.print(results_table(report.rows))
+    if report.aggregates:
+        console.print(aggregates_table(report.aggregates))
+    if report.comparison:
+        console.print(comparison_table(report.comparison))
+    for note in report.notes:
+        console.print(f"note: {note}")
+    if report.files and not args.quiet:
+        console.print(f"wrote {len(report.files)} files to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1355 @@
+"""``rimrl-train`` / ``python train.py``: train a RecurrentPPO agent with a modular core.
+
+One run::
+
+    python train.py --env rimrl/Pickup-Train-v0 --core rim -n 200000 --seed 0
+
+writes ``runs/rimrl-Pickup-Train-v0/rim/seed0/`` (see ``docs/train.md`` for the layout and the
+``config.yml`` schema). Several ``--env`` / ``--cores`` / ``--seeds`` values make a sweep, run by
+:mod:`rimrl.cli.sweep` as separate trials (a local process pool or Ray tasks).
+
+The pieces, top to bottom:
+
+- :func:`build_parser` / :func:`main`: flags -> one :class:`TrainOptions` per trial;
+- :func:`resolve_trial`: options (+ the saved ``config.yml`` on ``--resume``) -> a validated
+  :class:`ResolvedTrial` (hyperparameters resolved by :func:`rimrl.agents.resolve_hyperparams`
+  and type-checked against RecurrentPPO's, the policy's and the core's signatures);
+- :class:`Trainer`: builds envs and the agent, runs ``learn`` with :class:`RunCallback`
+  (atomic checkpoints, recurrent-aware periodic evaluation with success rate, best model,
+  NaN guard, SIGINT/SIGTERM stop), then saves ``model.zip`` and ``final_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import sys
+import threading
+import time
+import types
+import typing
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import ResultsWriter
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+
+from rimrl.cli.common import (
+    ArgumentParser,
+    CLIError,
+    atomic_replace,
+    env_dirname,
+    git_info,
+    main_guard,
+    one_line,
+    package_versions,
+    parse_key_values,
+    read_yaml,
+    run_dir_for,
+    to_yaml_safe,
+    write_json,
+    write_yaml,
+)
+
+__all__ = [
+    "CORES",
+    "DEFAULTS",
+    "CheckpointManager",
+    "EvalResult",
+    "NonFiniteError",
+    "ResolvedTrial",
+    "RunCallback",
+    "TrainOptions",
+    "Trainer",
+    "TrialResult",
+    "build_parser",
+    "build_trials",
+    "evaluate_recurrent",
+    "execute_trial",
+    "main",
+    "resolve_trial",
+]
+
+CORES = ("rim", "srm", "lstm", "gru")
+VEC_ENVS = ("dummy", "subproc", "ale")
+
+#: Defaults for the flags that a ``--config`` file may also set.
+DEFAULTS: dict[str, Any] = {
+    "envs": ["rimrl/Pickup-Train-v0"],
+    "cores": ["rim"],
+    "seeds": [0],
+    "n_timesteps": 500_000,
+    "n_envs": None,  # the preset's
+    "vec_env": None,  # make_env's default: "ale" for Atari, "dummy" for MiniGrid
+    "preset": None,  # configs/<family>.yml
+    "hyperparams": {},
+    "env_kwargs": {},
+    "log_folder": "runs",
+    "tensorboard": None,  # <run dir>/tb
+    "eval_freq": 25_000,
+    "eval_episodes": 20,
+    "eval_deterministic": False,
+    "save_freq": 25_000,
+    "keep_checkpoints": 5,
+    "device": "auto",
+    "threads": 1,
+}
+
+#: ``--config`` keys: the settable ones above (singular spellings too) plus the informational
+#: keys a run's own ``config.yml`` carries, so that file can be passed back with ``--config``.
+_CONFIG_ALIASES = {"env": "envs", "core": "cores", "seed": "seeds"}
+_CONFIG_INFO_KEYS = {
+    "overrides", "family", "command", "argv", "cwd", "created", "versions", "git", "sessions",
+    "run_dir", "tensorboard_dir",
+}
+
+CONFIG_FILE = "config.yml"
+MODEL_FILE = "model.zip"
+BEST_MODEL_FILE = "best_model.zip"
+METRICS_FILE = "final_metrics.json"
+EVALUATIONS_FILE = "evaluations.npz"
+CHECKPOINT_DIR = "checkpoints"
+MONITOR_DIR = "monitor"
+TB_DIR = "tb"
+TB_LOG_NAME = "RecurrentPPO"
+_CHECKPOINT_RE = re.compile(r"^model_(\d+)_steps\.zip$")
+
+#: Offsets so the evaluation env and resumed sessions never replay the training episodes.
+EVAL_SEED_OFFSET = 1_000_003
+SESSION_SEED_STRIDE = 10_007
+#: Seconds between plain progress lines (when no progress bar is shown).
+LOG_EVERY_S = 30.0
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the parameters became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+
+# ==============================================================================================
+# Options
+# ==============================================================================================
+
+
+@dataclass
+class TrainOptions:
+    """Everything one trial needs; picklable (sent to sweep workers and Ray tasks)."""
+
+    env: str = DEFAULTS["envs"][0]
+    core: str = DEFAULTS["cores"][0]
+    seed: int = 0
+    n_timesteps: int = DEFAULTS["n_timesteps"]
+    n_envs: int | None = None
+    vec_env: str | None = None
+    preset: str | None = None
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    log_folder: str = DEFAULTS["log_folder"]
+    tensorboard: str | None = None
+    eval_freq: int = DEFAULTS["eval_freq"]
+    eval_episodes: int = DEFAULTS["eval_episodes"]
+    eval_deterministic: bool = DEFAULTS["eval_deterministic"]
+    save_freq: int = DEFAULTS["save_freq"]
+    keep_checkpoints: int = DEFAULTS["keep_checkpoints"]
+    device: str = DEFAULTS["device"]
+    threads: int = DEFAULTS["threads"]
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    progress_bar: bool | None = None  # None: when stdout is a terminal
+    label: str = ""  # prefix of log lines (sweeps)
+    argv: list[str] = field(default_factory=list)
+    explicit: frozenset[str] = frozenset()  # fields given on the command line or in --config
+
+    @property
+    def run_dir(self) -> Path:
+        """``<log_folder>/<env>/<core>/seed<k>``."""
+        return run_dir_for(self.log_folder, self.env, self.core, self.seed)
+
+    @property
+    def name(self) -> str:
+        """``<env>/<core>/seed<k>`` (the run directory below the log folder)."""
+        return f"{env_dirname(self.env)}/{self.core}/seed{self.seed}"
+
+
+@dataclass
+class TrialResult:
+    """What a trial reports back (the sweep summary's rows)."""
+
+    env: str
+    core: str
+    seed: int
+    run_dir: str
+    status: str  # completed | skipped | interrupted | nan | invalid | failed | cancelled
+    exit_code: int
+    num_timesteps: int | None = None
+    success_rate: float | None = None
+    mean_return: float | None = None
+    wall_time_s: float | None = None
+    message: str = ""
+
+
+# ==============================================================================================
+# Command line
+# ==============================================================================================
+
+
+def _int_arg(text: str) -> int:
+    """``"100000"``, ``"100_000"``, ``"1e5"`` -> 100000."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise ValueError(f"not an integer: {text!r}") from None
+    if not value.is_integer():
+        raise ValueError(f"not an integer: {text!r}")
+    return int(value)
+
+
+_int_arg.__name__ = "int"
+
+
+def build_parser() -> ArgumentParser:
+    """The ``rimrl-train`` argument parser (errors are one ``error:`` line, exit 2)."""
+    parser = ArgumentParser(
+        prog="rimrl-train",
+        description="Train RecurrentPPO with a RIM / SRM / LSTM / GRU core. Several --env, --cores or "
+        "--seeds values run a sweep (one trial each). See docs/train.md.",
+    )
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--env", dest="envs", nargs="+", action="extend", metavar="ENV",
+                      help="suite id (rimrl/Pickup-Train-v0), MiniGrid/BabyAI id, or Atari game (Breakout, "
+                      "ALE/Breakout-v5); several make a sweep [default: rimrl/Pickup-Train-v0]")
+    what.add_argument("--core", "--cores", dest="cores", nargs="+", action="extend", choices=CORES,
+                      metavar="CORE", help=f"recurrent core(s): {', '.join(CORES)} [default: rim]")
+    what.add_argument("--seed", "--seeds", dest="seeds", nargs="+", action="extend", type=_int_arg,
+                      metavar="SEED", help="seed(s) [default: 0]")
+    what.add_argument("-n", "--n-timesteps", type=_int_arg, metavar="N",
+                      help=f"total env steps (training stops at the first rollout boundary >= N) "
+                      f"[default: {DEFAULTS['n_timesteps']:_}]")
+    what.add_argument("--n-envs", type=_int_arg, metavar="N", help="parallel envs [default: the preset's]")
+    what.add_argument("--vec-env", choices=VEC_ENVS,
+                      help="dummy | subproc (SB3) | ale (Atari, C++ vector env) [default: ale for Atari, dummy else]")
+    hyper = parser.add_argument_group("hyperparameters")
+    hyper.add_argument("--preset", metavar="NAME|FILE",
+                       help="preset name under configs/ or a preset YAML [default: configs/<family>.yml]")
+    hyper.add_argument("--config", metavar="FILE.yml",
+                       help="experiment file with any of this CLI's settings (a run's config.yml works); "
+                       "flags override it")
+    hyper.add_argument("--hyperparams", nargs="+", action="extend", metavar="KEY=VALUE", default=None,
+                       help="overrides, values typed by YAML: n_steps=64 learning_rate=lin_3e-4 "
+                       "policy_kwargs.core_kwargs.k=3")
+    what.add_argument("--env-kwargs", nargs="+", action="extend", metavar="KEY=VALUE", default=None,
+                      help="extra make_env arguments, YAML-typed (Atari: frame_stack=4 ...)")
+    out = parser.add_argument_group("output")
+    out.add_argument("-f", "--log-folder", metavar="DIR", help="root of the run directories [default: runs]")
+    out.add_argument("-tb", "--tensorboard", nargs="?", const="", metavar="DIR",
+                     help="TensorBoard events are always written to <run>/tb; with DIR, to "
+                     "DIR/<env>/<core>/seed<k> instead")
+    out.add_argument("--eval-freq", type=_int_arg, metavar="STEPS",
+                     help=f"evaluate every STEPS env steps, 0 = only at the end [default: {DEFAULTS['eval_freq']:_}]")
+    out.add_argument("--eval-episodes", type=_int_arg, metavar="N",
+                     help=f"episodes per evaluation [default: {DEFAULTS['eval_episodes']}]")
+    out.add_argument("--deterministic-eval", dest="eval_deterministic", action="store_const", const=True,
+                     default=None, help="evaluate with the greedy action [default: sampled actions]")
+    out.add_argument("--save-freq", type=_int_arg, metavar="STEPS",
+                     help=f"checkpoint every STEPS env steps, 0 = only at the end/on a signal "
+                     f"[default: {DEFAULTS['save_freq']:_}]")
+    out.add_argument("--keep-checkpoints", type=_int_arg, metavar="N",
+                     help=f"checkpoints kept, 0 = all [default: {DEFAULTS['keep_checkpoints']}]")
+    run = parser.add_argument_group("run control")
+    run.add_argument("--resume", action="store_true", help="continue the run(s) from the latest checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="delete existing run directories first")
+    run.add_argument("--device", help="torch device: auto | cpu | cuda[:i] [default: auto]")
+    run.add_argument("--threads", type=_int_arg, metavar="N", help="torch threads per trial [default: 1]")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
+    sweep = parser.add_argument_group("sweeps")
+    sweep.add_argument("--backend", choices=("local", "ray"),
+                       help="run trials in a local process pool or as Ray tasks [default: local]")
+    sweep.add_argument("--workers", type=_int_arg, metavar="N",
+                       help="trials run at once (local: processes; ray: CPUs of a new local instance) "
+                       "[default: min(trials, CPUs)]")
+    sweep.add_argument("--ray-address", metavar="ADDR", help="connect to a running Ray cluster (e.g. auto)")
+    return parser
+
+
+def _config_file_values(path: str) -> dict[str, Any]:
+    """The settings in a ``--config`` file, keyed like :data:`DEFAULTS`."""
+    data = read_yaml(path, what="--config file")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _CONFIG_INFO_KEYS:
+            continue
+        target = _CONFIG_ALIASES.get(key, key)
+        if target not in DEFAULTS:
+            allowed = sorted(set(DEFAULTS) | set(_CONFIG_ALIASES))
+            raise CLIError(f"unknown key {key!r} in --config file {path!r}; allowed keys: {', '.join(allowed)}")
+        if target in ("envs", "cores", "seeds") and not isinstance(value, list):
+            value = [value]
+        if target in ("hyperparams", "env_kwargs") and not isinstance(value, Mapping):
+            raise CLIError(f"{key!r} in --config file {path!r} must be a mapping")
+        values[target] = value
+    return values
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise CLIError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _validate_settings(settings: dict[str, Any]) -> None:
+    for core in settings["cores"]:
+        if core not in CORES:
+            raise CLIError(f"unknown core {core!r}; choose from {', '.join(CORES)}")
+    for seed in settings["seeds"]:
+        _check_int("seed", seed, 0)
+    _check_int("n_timesteps", settings["n_timesteps"], 1)
+    if settings["n_envs"] is not None:
+        _check_int("n_envs", settings["n_envs"], 1)
+    if settings["vec_env"] is not None and settings["vec_env"] not in VEC_ENVS:
+        raise CLIError(f"vec_env must be one of {', '.join(VEC_ENVS)}, got {settings['vec_env']!r}")
+    for name, minimum in (("eval_freq", 0), ("eval_episodes", 1), ("save_freq", 0), ("keep_checkpoints", 0),
+                          ("threads", 1)):
+        _check_int(name, settings[name], minimum)
+    for env in settings["envs"]:
+        if not isinstance(env, str) or not env:
+            raise CLIError(f"env must be a non-empty string, got {env!r}")
+
+
+def build_trials(args: Any, argv: Sequence[str]) -> list[TrainOptions]:
+    """Parsed flags (+ ``--config``) -> one :class:`TrainOptions` per (env, core, seed), grid order."""
+    file_values = _config_file_values(args.config) if args.config else {}
+    cli_values = {key: getattr(args, key, None) for key in DEFAULTS}
+    cli_hyperparams = parse_key_values(args.hyperparams or [])
+    cli_env_kwargs = parse_key_values(args.env_kwargs or [], what="--env-kwargs")
+    settings: dict[str, Any] = {}
+    explicit: set[str] = set()
+    for key, default in DEFAULTS.items():
+        if key not in ("hyperparams", "env_kwargs") and cli_values.get(key) is not None:
+            settings[key] = cli_values[key]
+            explicit.add(key)
+        elif key in file_values:
+            settings[key] = file_values[key]
+            explicit.add(key)
+        else:
+            settings[key] = default
+    for key, cli in (("hyperparams", cli_hyperparams), ("env_kwargs", cli_env_kwargs)):
+        settings[key] = {**dict(file_values.get(key) or {}), **cli}
+        if settings[key]:
+            explicit.add(key)
+    if args.resume and args.overwrite:
+        raise CLIError("--resume and --overwrite exclude each other")
+    _validate_settings(settings)
+    if settings["tensorboard"] == "":
+        settings["tensorboard"] = None
+
+    def unique(values: list[Any]) -> list[Any]:
+        return list(dict.fromkeys(values))
+
+    envs, cores, seeds = unique(settings["envs"]), unique(settings["cores"]), unique(settings["seeds"])
+    grid = len(envs) * len(cores) * len(seeds) > 1
+    names = {"envs", "cores", "seeds"}
+    common = {k: v for k, v in settings.items() if k not in names}
+    explicit_fields = frozenset(explicit - names)  # TrainOptions field names
+    trials = []
+    for env in envs:
+        for core in cores:
+            for seed in seeds:
+                options = TrainOptions(
+                    env=env, core=core, seed=seed, resume=args.resume, overwrite=args.overwrite,
+                    quiet=args.quiet, argv=list(argv), explicit=explicit_fields, **common,
+                )
+                if grid:
+                    options.label = options.name
+                trials.append(options)
+    return trials
+
+
+# ==============================================================================================
+# Resolution and validation
+# ==============================================================================================
+
+
+@dataclass
+class ResolvedTrial:
+    """A validated trial: resolved hyperparameters, its family, the resume source if any."""
+
+    options: TrainOptions
+    family: str
+    params: dict[str, Any]  # resolve_hyperparams' result without n_envs (objects, not YAML)
+    n_envs: int
+    vec_env: str
+    preset_for_agent: str | dict[str, Any] | None  # what make_agent gets as preset
+    overrides: dict[str, Any]  # what make_agent gets as overrides
+    saved_config: dict[str, Any] | None = None  # the run's config.yml on --resume
+    resume_from: Path | None = None  # the checkpoint to continue from
+
+    @property
+    def run_dir(self) -> Path:
+        return self.options.run_dir
+
+
+def _describe_type(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is collections.abc.Callable:
+        return "a schedule ('lin_<x>')"
+    if typing.get_origin(hint) is not None:
+        return getattr(typing.get_origin(hint), "__name__", str(hint))
+    return getattr(hint, "__name__", str(hint))
+
+
+def _matches(hint: Any, value: Any) -> bool:
+    """Whether ``value`` fits the annotation ``hint`` (plain types, unions, containers; lenient elsewhere)."""
+    if hint is Any or hint is None:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(arg, value) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, Mapping)
+    if origin in (list, collections.abc.Sequence):
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and (not args or all(_matches(args[0], v) for v in value))
+    if origin is collections.abc.Callable:
+        return callable(value)
+    if origin is type:
+        return isinstance(value, type)
+    return True
+
+
+def check_hyperparam_types(params: Mapping[str, Any], core: str) -> None:
+    """Raise :class:`CLIError` if a resolved hyperparameter has the wrong type for RecurrentPPO,
+    the policy or the core (e.g. ``n_steps=abc``, ``policy_kwargs.core_kwargs.k=2.5``)."""
+    from sb3_contrib import RecurrentPPO
+
+    from rimrl.cores import CORES as CORE_CLASSES
+    from rimrl.policies.modular import ModularRecurrentPolicy
+
+    def check(hints: Mapping[str, Any], values: Mapping[str, Any], prefix: str) -> None:
+        for key, value in values.items():
+            hint = hints.get(key)
+            if hint is not None and not _matches(hint, value):
+                raise CLIError(
+                    f"hyperparameter {prefix}{key}={to_yaml_safe(value)!r} has the wrong type: expected "
+                    f"{_describe_type(hint)}"
+                )
+
+    algo_hints = typing.get_type_hints(RecurrentPPO.__init__)
+    check(algo_hints, {k: v for k, v in params.items() if k not in ("policy_kwargs", "n_envs")}, "")
+    policy_kwargs = params.get("policy_kwargs") or {}
+    policy_hints = typing.get_type_hints(ModularRecurrentPolicy.__init__)
+    check(policy_hints, {k: v for k, v in policy_kwargs.items() if k != "core_kwargs"}, "policy_kwargs.")
+    core_kwargs = policy_kwargs.get("core_kwargs") or {}
+    if core in CORE_CLASSES:
+        check(typing.get_type_hints(CORE_CLASSES[core].__init__), core_kwargs, "policy_kwargs.core_kwargs.")
+
+
+def _check_run_dir(options: TrainOptions) -> None:
+    run_dir = options.run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CLIError(f"run directory {str(run_dir)!r} exists and is not a directory")
+    if options.resume or options.overwrite:
+        return
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise CLIError(
+            f"run directory {str(run_dir)!r} already exists; pass --resume to continue it or --overwrite "
+            f"to replace it"
+        )
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``[(num_timesteps, path), ...]`` of ``<run>/checkpoints/model_<N>_steps.zip``, newest first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _CHECKPOINT_RE.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found, reverse=True)
+
+
+#: On ``--resume`` these stay as the run saved them (they define the experiment) ...
+_RESUME_KEPT = ("n_envs", "vec_env", "preset", "eval_deterministic", "env_kwargs")
+#: ... and these follow the command line when given there, else the saved value.
+_RESUME_UPDATABLE = ("n_timesteps", "eval_freq", "eval_episodes", "save_freq", "keep_checkpoints", "tensorboard",
+                     "device")
+
+
+def _resume_settings(options: TrainOptions, saved: Mapping[str, Any], say: Any) -> TrainOptions:
+    """Options for continuing a run: its saved settings; ``n_timesteps``, the eval/checkpoint cadence
+    and the device may change on the command line (e.g. ``--resume -n 2000000`` extends a run)."""
+    updated = dataclasses.replace(options)
+    for key in _RESUME_KEPT:
+        if key not in saved:
+            continue
+        if key in options.explicit and getattr(options, key) != saved[key]:
+            say(f"note: --resume keeps the run's {key}={saved[key]!r} (ignoring {getattr(options, key)!r})")
+        setattr(updated, key, saved[key])
+    if "hyperparams" in options.explicit:
+        say("note: --resume keeps the run's saved hyperparameters (ignoring --hyperparams / --config ones)")
+    for key in _RESUME_UPDATABLE:
+        if key in saved and key not in options.explicit:
+            setattr(updated, key, saved[key])
+    return updated
+
+
+def resolve_trial(options: TrainOptions, say: Any = None) -> ResolvedTrial:
+    """Validate one trial without touching the disk: env id, hyperparameters (keys and types),
+    the run directory's state and, on ``--resume``, the saved config and the checkpoint to load.
+
+    :raises CLIError: any bad input (the message is one line).
+    """
+    from rimrl.agents import resolve_hyperparams
+    from rimrl.envs import env_family
+
+    say = say or (lambda message: None)
+    if options.core not in CORES:
+        raise CLIError(f"unknown core {options.core!r}; choose from {', '.join(CORES)}")
+    try:
+        family = env_family(options.env)
+    except ValueError as error:
+        raise CLIError(one_line(error)) from None
+
+    saved: dict[str, Any] | None = None
+    resume_from: Path | None = None
+    config_path = options.run_dir / CONFIG_FILE
+    if options.resume and config_path.is_file():
+        saved = read_yaml(config_path, what="saved run config")
+        for key in ("env", "core", "seed"):
+            if key in saved and saved[key] != getattr(options, key):
+                raise CLIError(f"{config_path} is for {key}={saved[key]!r}, not {getattr(options, key)!r}")
+        options = _resume_settings(options, saved, say)
+        checkpoints = list_checkpoints(options.run_dir)
+        resume_from = checkpoints[0][1] if checkpoints else None
+    elif options.resume and list_checkpoints(options.run_dir):
+        raise CLIError(f"cannot resume {str(options.run_dir)!r}: it has checkpoints but no {CONFIG_FILE}")
+
+    if saved is not None:
+        # The saved hyperparameters are complete: use them as a flat preset (no preset file re-read).
+        preset_for_agent: str | dict[str, Any] | None = dict(saved.get("hyperparams") or {})
+        overrides: dict[str, Any] = {}
+    else:
+        preset_for_agent = options.preset
+        overrides = dict(options.hyperparams)
+    if options.n_envs is not None:
+        overrides["n_envs"] = options.n_envs
+    try:
+        params = resolve_hyperparams(options.env, options.core, preset=preset_for_agent, overrides=overrides)
+    except ValueError as error:
+        raise CLIError(one_line(error)) from None
+    check_hyperparam_types(params, options.core)
+    n_envs = int(params.pop("n_envs", 8))
+
+    vec_env = options.vec_env or ("ale" if family == "atari" else "dummy")
+    if vec_env == "ale" and family != "atari":
+        raise CLIError(f"--vec-env ale is only for Atari games, not {options.env!r}; use dummy or subproc")
+    _check_run_dir(options)
+    return ResolvedTrial(
+        options=options, family=family, params=params, n_envs=n_envs, vec_env=vec_env,
+        preset_for_agent=preset_for_agent, overrides=overrides, saved_config=saved, resume_from=resume_from,
+    )
+
+
+# ==============================================================================================
+# Envs
+# ==============================================================================================
+
+
+@contextlib.contextmanager
+def _sigint_ignored(active: bool) -> Iterator[None]:
+    """Ignore SIGINT while starting subprocess envs, so a Ctrl-C reaches only the trainer (which
+    checkpoints and then closes the workers) instead of killing the workers mid-step."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class EpisodeCSV(VecEnvWrapper):
+    """Append each finished episode (``infos[i]["episode"]``: raw return ``r``, length ``l``,
+    ``success`` when the env reports it) to one SB3 monitor CSV, which ``load_results`` reads.
+
+    One file per training session (``monitor/session<i>.monitor.csv``): a resumed run appends a
+    new file instead of truncating the old one, and the header's ``t_start`` keeps times absolute.
+    """
+
+    def __init__(self, venv: VecEnv, filename: str, env_id: str, with_success: bool) -> None:
+        super().__init__(venv)
+        self.t_start = time.time()
+        extra = ("success",) if with_success else ()
+        self.writer = ResultsWriter(filename, header={"t_start": self.t_start, "env_id": env_id}, extra_keys=extra)
+        self.with_success = with_success
+
+    def reset(self) -> Any:
+        return self.venv.reset()
+
+    def step_wait(self) -> Any:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        for done, info in zip(dones, infos, strict=True):
+            episode = info.get("episode") if done else None
+            if episode is not None:
+                row = {"r": round(float(episode["r"]), 6), "l": int(episode["l"]),
+                       "t": round(time.time() - self.t_start, 6)}
+                if self.with_success:
+                    row["success"] = bool(episode.get("success", info.get("success", False)))
+                self.writer.write_row(row)
+        return obs, rewards, dones, infos
+
+    def close(self) -> None:
+        self.writer.close()
+        super().close()
+
+
+def make_train_env(trial: ResolvedTrial, session: int) -> Any:
+    """The training ``VecEnv``: ``make_env`` + one monitor CSV per session under ``<run>/monitor/``."""
+    from rimrl.envs import make_env
+
+    options = trial.options
+    seed = options.seed + SESSION_SEED_STRIDE * session
+    try:
+        with _sigint_ignored(trial.vec_env == "subproc"):
+            venv = make_env(options.env, n_envs=trial.n_envs, seed=seed, vec_env=trial.vec_env, **options.env_kwargs)
+    except (ValueError, TypeError) as error:
+        raise CLIError(f"cannot make {options.env!r}: {one_line(error)}") from None
+    monitor_dir = options.run_dir / MONITOR_DIR
+    monitor_dir.mkdir(parents=True, exist_ok=True)
+    return EpisodeCSV(venv, str(monitor_dir / f"session{session}"), options.env, trial.family == "minigrid")
+
+
+def make_eval_env(trial: ResolvedTrial) -> Any:
+    """The evaluation ``VecEnv`` (train variant): at most ``eval_episodes`` envs, in-process."""
+    from rimrl.envs import make_env
+
+    n_envs = max(1, min(trial.options.eval_episodes, trial.n_envs))
+    vec_env = "ale" if trial.vec_env == "ale" else "dummy"
+    try:
+        return make_env(trial.options.env, n_envs=n_envs, seed=trial.options.seed + EVAL_SEED_OFFSET,
+                        vec_env=vec_env, **trial.options.env_kwargs)
+    except (ValueError, TypeError) as error:
+        raise CLIError(f"cannot make the evaluation env {trial.options.env!r}: {one_line(error)}") from None
+
+
+# ==============================================================================================
+# Evaluation
+# ==============================================================================================
+
+
+@dataclass
+class EvalResult:
+    """Per-episode outcomes of one evaluation."""
+
+    returns: list[float]
+    lengths: list[int]
+    successes: list[bool] | None  # None when the env reports no success (Atari)
+
+    @property
+    def mean_return(self) -> float:
+        return float(np.mean(self.returns)) if self.returns else float("nan")
+
+    @property
+    def std_return(self) -> float:
+        return float(np.std(self.returns)) if self.returns else float("nan")
+
+    @property
+    def success_rate(self) -> float | None:
+        return float(np.mean(self.successes)) if self.successes else None
+
+    def score(self) -> tuple[float, ...]:
+        """Ordering for "best model": success rate first (when known), then mean return."""
+        return (self.success_rate, self.mean_return) if self.success_rate is not None else (self.mean_return,)
+
+    def summary(self) -> str:
+        parts = []
+        if self.success_rate is not None:
+            parts.append(f"success {self.success_rate:.2f}")
+        parts.append(f"return {self.mean_return:.3g} ± {self.std_return:.2g}")
+        parts.append(f"length {np.mean(self.lengths):.0f}")
+        return ", ".join(parts) + f" ({len(self.returns)} episodes)"
+
+
+def evaluate_recurrent(
+    model: Any, env: VecEnv, n_episodes: int, deterministic: bool = False, seed: int | None = None
+) -> EvalResult:
+    """Play ``n_episodes`` with :func:`rimrl.evaluation.rollout.run_episodes` (recurrent state and
+    episode starts carried per env, fair per-env quotas, whole games for Atari, raw scores).
+
+    With ``seed`` the env and torch are reseeded first, so every evaluation of a run sees the same
+    episodes; torch's RNG state is restored afterwards, so training's random stream is untouched.
+    """
+    import torch
+
+    from rimrl.evaluation.rollout import run_episodes
+
+    cpu_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        records = run_episodes(model, env, n_episodes, deterministic=deterministic, seed=seed)
+    finally:
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+    successes = [record.success for record in records]
+    return EvalResult(
+        returns=[float(record.episode_return) for record in records],
+        lengths=[int(record.length) for record in records],
+        successes=None if any(s is None for s in successes) else [bool(s) for s in successes],
+    )
+
+
+# ==============================================================================================
+# Checkpoints
+# ==============================================================================================
+
+
+def params_finite(model: Any) -> bool:
+    """Whether every policy parameter is finite."""
+    import torch
+
+    with torch.no_grad():
+        return all(bool(torch.isfinite(p).all()) for p in model.policy.parameters())
+
+
+def save_model_atomic(model: Any, path: Path) -> Path:
+    """``model.save`` into a temp file beside ``path``, then ``os.replace`` (never a torn zip)."""
+    return atomic_replace(lambda tmp: model.save(tmp), path)
+
+
+class CheckpointManager:
+    """``<run>/checkpoints/model_<N>_steps.zip``: atomic, never NaN, the newest ``keep`` kept."""
+
+    def __init__(self, run_dir: Path, keep: int = 5) -> None:
+        self.folder = Path(run_dir) / CHECKPOINT_DIR
+        self.keep = keep
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stray in self.folder.glob(".tmp-*"):  # left by a SIGKILL mid-write
+            stray.unlink(missing_ok=True)
+
+    def path_for(self, num_timesteps: int) -> Path:
+        return self.folder / f"model_{num_timesteps}_steps.zip"
+
+    def latest(self) -> tuple[int, Path] | None:
+        found = list_checkpoints(self.folder.parent)
+        return found[0] if found else None
+
+    def save(self, model: Any) -> Path:
+        """Checkpoint ``model`` at its ``num_timesteps``; refuses (``NonFiniteError``) NaN weights."""
+        if not params_finite(model):
+            raise NonFiniteError("refusing to checkpoint non-finite parameters")
+        path = save_model_atomic(model, self.path_for(int(model.num_timesteps)))
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        if self.keep <= 0:
+            return
+        for _, old in list_checkpoints(self.folder.parent)[self.keep:]:
+            old.unlink(missing_ok=True)
+
+
+class EvalHistory:
+    """``evaluations.npz`` in SB3's EvalCallback layout (``timesteps``, ``results``, ``ep_lengths``,
+    ``successes`` when known), reloaded on resume so "best" spans sessions."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.timesteps: list[int] = []
+        self.results: list[list[float]] = []
+        self.lengths: list[list[float]] = []
+        self.successes: list[list[float]] = []
+        self.best_score: tuple[float, ...] | None = None
+        self.best_timesteps: int | None = None
+        if path.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        with np.load(self.path) as data:
+            self.timesteps = [int(t) for t in data["timesteps"]]
+            self.results = [[float(x) for x in row if not math.isnan(x)] for row in data["results"]]
+            self.lengths = [[float(x) for x in row if not math.isnan(x)] for row in data["ep_lengths"]]
+            if "successes" in data:
+                self.successes = [[float(x) for x in row if not math.isnan(x)] for row in data["successes"]]
+            if "best_timesteps" in data:
+                self.best_timesteps = int(data["best_timesteps"])
+                self.best_score = tuple(float(x) for x in data["best_score"])
+
+    def add(self, timesteps: int, result: EvalResult) -> bool:
+        """Record an evaluation; True if it is the best so far."""
+        self.timesteps.append(int(timesteps))
+        self.results.append(list(result.returns))
+        self.lengths.append([float(x) for x in result.lengths])
+        if result.successes is not None:
+            self.successes.append([float(x) for x in result.successes])
+        is_best = self.best_score is None or result.score() > self.best_score
+        if is_best:
+            self.best_score, self.best_timesteps = result.score(), int(timesteps)
+        self._save()
+        return is_best
+
+    @staticmethod
+    def _pad(rows: list[list[float]]) -> np.ndarray:
+        width = max((len(r) for r in rows), default=0)
+        return np.array([r + [math.nan] * (width - len(r)) for r in rows], dtype=float).reshape(len(rows), width)
+
+    def _save(self) -> None:
+        arrays = {
+            "timesteps": np.array(self.timesteps, dtype=np.int64),
+            "results": self._pad(self.results),
+            "ep_lengths": self._pad(self.lengths),
+            "best_timesteps": np.array(self.best_timesteps, dtype=np.int64),
+            "best_score": np.array(self.best_score, dtype=float),
+        }
+        if self.successes and len(self.successes) == len(self.timesteps):
+            arrays["successes"] = self._pad(self.successes)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+
+        atomic_replace(write, self.path)
+
+
+# ==============================================================================================
+# The training callback
+# ==============================================================================================
+
+
+class StopRequest:
+    """SIGINT/SIGTERM as a request to stop, not a crash.
+
+    While :func:`stop_on_signals` is active the handler only records the signal; the training
+    callback polls it at every env step, so the run checkpoints what is trained and exits with
+    128 + signal. A signal during setup stops the run as soon as training starts; one during the
+    final save and evaluation lets them finish. A second signal kills the process at once.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handler(self, signum: int, _frame: Any = None) -> None:
+        if self.signum is not None:  # impatient: the default action now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+
+
+#: The process-wide stop request (one training run per process at a time).
+STOP = StopRequest()
+
+
+@contextlib.contextmanager
+def stop_on_signals(keep_pending: bool = False) -> Iterator[StopRequest]:
+    """Route SIGINT/SIGTERM to :data:`STOP` (main thread only; elsewhere, e.g. a thread, no-op).
+
+    :param keep_pending: keep a signal recorded before this call (a sweep worker's), else clear it.
+    """
+    if not keep_pending:
+        STOP.signum = None
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError, OSError):
+                previous[signum] = signal.signal(signum, STOP.handler)
+    try:
+        yield STOP
+    finally:
+        for signum, handler in previous.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(signum, handler)
+
+
+class _Printer:
+    """Log lines (to stdout, flushed), prefixed with the trial label; silent when quiet."""
+
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.prefix = f"[{label}] " if label else ""
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"{self.prefix}{message}", flush=True)
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
+class RunCallback(BaseCallback):
+    """Checkpoints, periodic evaluation, NaN guard, graceful stop and log lines for one run.
+
+    Everything happens between rollouts, in ``_on_rollout_start``: at that point the parameters
+    have been updated on every collected step, so a checkpoint or an evaluation at
+    ``num_timesteps`` is exact. ``_on_step`` only stops collection once a signal arrived.
+
+    :param trainer: the owning :class:`Trainer` (eval env, history, checkpoints, printer).
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__(verbose=0)
+        self.trainer = trainer
+        self.aborted = False  # collection stopped early (the partial rollout is not trained on)
+        self.safe_timesteps = 0  # num_timesteps up to which the parameters are trained
+        self._next_save = self._next_eval = 0
+        self._last_line = 0.0
+        self._t0 = 0.0
+        self._steps0 = 0
+
+    # --- thresholds on a fixed grid (multiples of the frequency), stable across resumes --------
+    @staticmethod
+    def _next_multiple(value: int, every: int) -> int:
+        return (value // every + 1) * every if every > 0 else sys.maxsize
+
+    def _on_training_start(self) -> None:
+        options = self.trainer.trial.options
+        steps = int(self.model.num_timesteps)
+        self.safe_timesteps = steps
+        self._next_save = self._next_multiple(steps, options.save_freq)
+        self._next_eval = self._next_multiple(steps, options.eval_freq)
+        self._t0, self._steps0 = time.time(), steps
+        self._last_line = self._t0
+
+    def _on_step(self) -> bool:
+        if STOP.signum is not None:
+            self.aborted = True
+            return False
+        return True
+
+    def _on_rollout_start(self) -> None:
+        model = self.model
+        self.trainer.check_finite(model, where=f"after the update at step {model.num_timesteps}")
+        steps = int(model.num_timesteps)
+        self.safe_timesteps = steps
+        options = self.trainer.trial.options
+        if steps >= self._next_save:
+            self.trainer.checkpoint(model)
+            self._next_save = self._next_multiple(steps, options.save_freq)
+        if steps >= self._next_eval:
+            self.trainer.evaluate(model, steps)
+            self._next_eval = self._next_multiple(steps, options.eval_freq)
+        if not self.trainer.show_progress_bar and time.time() - self._last_line >= LOG_EVERY_S:
+            self._print_progress(steps)
+
+    def _on_rollout_end(self) -> None:
+        buffer = self.model.ep_info_buffer or []
+        successes = [float(ep["success"]) for ep in buffer if "success" in ep]
+        if successes:
+            self.logger.record("rollout/success_rate", float(np.mean(successes)))
+
+    def _print_progress(self, steps: int) -> None:
+        now = time.time()
+        self._last_line = now
+        total = self.trainer.trial.options.n_timesteps
+        rate = (steps - self._steps0) / max(now - self._t0, 1e-9)
+        buffer = list(self.model.ep_info_buffer or [])
+        parts = [f"step {steps:,}/{total:,} ({100 * steps / total:.0f}%)", f"{rate:.0f} steps/s"]
+        if rate > 0 and steps < total:
+            parts.append(f"eta {_fmt_duration((total - steps) / rate)}")
+        if buffer:
+            parts.append(f"ep_return {np.mean([ep['r'] for ep in buffer]):.3g}")
+            successes = [float(ep["success"]) for ep in buffer if "success" in ep]
+            if successes:
+                parts.append(f"success {np.mean(successes):.2f}")
+        self.trainer.say(" | ".join(parts))
+
+
+
+# ==============================================================================================
+# The trainer
+# ==============================================================================================
+
+
+def _remove_run_dir(run_dir: Path, log_folder: str) -> None:
+    """Delete ``run_dir`` and the ``<env>/<core>`` folders above it that are left empty."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    root = Path(log_folder).resolve()
+    for parent in (run_dir.parent, run_dir.parent.parent):
+        if parent.resolve() == root:
+            break
+        with contextlib.suppress(OSError):
+            parent.rmdir()  # only if empty
+
+
+def _program_name() -> str:
+    """How this CLI was invoked, for the recorded command: ``train.py`` or ``rimrl-train``."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name in ("train.py", "rimrl-train") else "rimrl-train"
+
+
+class Trainer:
+    """Run one resolved trial: build, train, checkpoint, evaluate, save. See :meth:`run`."""
+
+    def __init__(self, trial: ResolvedTrial) -> None:
+        self.trial = trial
+        options = trial.options
+        self.say = _Printer(options.label, options.quiet)
+        tty = sys.stdout.isatty()
+        wanted = options.progress_bar if options.progress_bar is not None else tty
+        self.show_progress_bar = bool(wanted and not options.quiet and not options.label)
+        self.run_dir = options.run_dir
+        self.model: Any = None
+        self.eval_env: Any = None
+        self.checkpoints: CheckpointManager | None = None
+        self.history: EvalHistory | None = None
+        self.last_checkpoint: Path | None = None
+        self.started = time.time()
+
+    # --- small pieces ----------------------------------------------------------------------------
+    @property
+    def tensorboard_dir(self) -> Path:
+        options = self.trial.options
+        if options.tensorboard:
+            return run_dir_for(options.tensorboard, options.env, options.core, options.seed)
+        return self.run_dir / TB_DIR
+
+    def check_finite(self, model: Any, where: str) -> None:
+        """Raise :class:`NonFiniteError` if the last loss or any parameter is NaN/inf."""
+        loss = model.logger.name_to_value.get("train/loss") if model.logger is not None else None
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteError(f"the loss is non-finite ({loss}) {where}")
+        if not params_finite(model):
+            raise NonFiniteError(f"the parameters became non-finite {where}")
+
+    def checkpoint(self, model: Any) -> Path:
+        assert self.checkpoints is not None
+        self.last_checkpoint = self.checkpoints.save(model)
+        return self.last_checkpoint
+
+    def evaluate(self, model: Any, steps: int) -> EvalResult:
+        """Evaluate on the train variant; save ``best_model.zip`` when it is the best so far."""
+        options = self.trial.options
+        assert self.history is not None
+        result = evaluate_recurrent(model, self.eval_env, options.eval_episodes,
+                                    deterministic=options.eval_deterministic,
+                                    seed=options.seed + EVAL_SEED_OFFSET)
+        is_best = self.history.add(steps, result)
+        if is_best and params_finite(model):
+            save_model_atomic(model, self.run_dir / BEST_MODEL_FILE)
+        if model.logger is not None:
+            model.logger.record("eval/mean_reward", result.mean_return)
+            model.logger.record("eval/mean_ep_length", float(np.mean(result.lengths)))
+            if result.success_rate is not None:
+                model.logger.record("eval/success_rate", result.success_rate)
+        self.say(f"eval @ {steps:,}: {result.summary()}{' [new best]' if is_best else ''}")
+        return result
+
+    # --- setup -----------------------------------------------------------------------------------
+    def _prepare_dir(self) -> tuple[int, dict[str, Any]]:
+        """Create (or clear, with --overwrite) the run dir; return (session index, config)."""
+        options = self.trial.options
+        if options.overwrite and self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stray in self.run_dir.glob(".tmp-*"):
+            stray.unlink(missing_ok=True)
+        config = self._config()
+        session = len(config["sessions"]) - 1
+        write_yaml(self.run_dir / CONFIG_FILE, config)
+        return session, config
+
+    def _config(self) -> dict[str, Any]:
+        """``config.yml``: the top-level settings, every resolved hyperparameter and provenance."""
+        trial, options = self.trial, self.trial.options
+        saved = trial.saved_config or {}
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        command = shlex.join([_program_name(), *options.argv])
+        sessions = list(saved.get("sessions") or [])
+        sessions.append({"started": now, "command": command, "from_timesteps": self._start_timesteps})
+        return {
+            "env": options.env,
+            "core": options.core,
+            "seed": options.seed,
+            "n_timesteps": options.n_timesteps,
+            "n_envs": trial.n_envs,
+            "vec_env": trial.vec_env,
+            "preset": options.preset,
+            "hyperparams": to_yaml_safe(trial.params),
+            "env_kwargs": to_yaml_safe(options.env_kwargs),
+            "overrides": to_yaml_safe(saved.get("overrides", options.hyperparams)),
+            "family": trial.family,
+            "eval_freq": options.eval_freq,
+            "eval_episodes": options.eval_episodes,
+            "eval_deterministic": options.eval_deterministic,
+            "save_freq": options.save_freq,
+            "keep_checkpoints": options.keep_checkpoints,
+            "device": options.device,
+            "tensorboard": options.tensorboard,
+            "tensorboard_dir": str(self.tensorboard_dir),
+            "command": saved.get("command", command),
+            "argv": saved.get("argv", list(options.argv)),
+            "cwd": saved.get("cwd", os.getcwd()),
+            "created": saved.get("created", now),
+            "versions": package_versions(),
+            "git": git_info(),
+            "sessions": sessions,
+        }
+
+    @property
+    def _start_timesteps(self) -> int:  # where this session starts
+        resume_from = self.trial.resume_from
+        match = _CHECKPOINT_RE.match(resume_from.name) if resume_from is not None else None
+        return int(match.group(1)) if match else 0
+
+    def _build_model(self, env: Any) -> Any:
+        """A new agent (``make_agent``) or the latest checkpoint (``load_agent``)."""
+        from rimrl.agents import AgentLoadError, load_agent, make_agent
+
+        trial, options = self.trial, self.trial.options
+        if trial.resume_from is not None:
+            errors = []
+            for _, path in list_checkpoints(self.run_dir):  # newest first; skip unreadable ones
+                try:
+                    model = load_agent(path, env=env, device=options.device)
+                except AgentLoadError as error:
+                    errors.append(one_line(error))
+                    self.say(f"warning: skipping checkpoint {path.name}: {errors[-1]}")
+                    continue
+                trial.resume_from = path
+                model.tensorboard_log = str(self.tensorboard_dir)
+                return model
+            raise CLIError(f"cannot resume {str(self.run_dir)!r}: no loadable checkpoint ({'; '.join(errors)})")
+        try:
+            return make_agent(
+                env, core=options.core, preset=trial.preset_for_agent, seed=options.seed,
+                tensorboard_log=str(self.tensorboard_dir), verbose=0, device=options.device,
+                **trial.overrides,
+            )
+        except (ValueError, TypeError, AssertionError) as error:
+            raise CLIError(f"invalid hyperparameters for core {options.core!r}: {one_line(error)}") from None
+
+    def _already_complete(self) -> dict[str, Any] | None:
+        metrics_path = self.run_dir / METRICS_FILE
+        if not (self.trial.options.resume and metrics_path.is_file() and (self.run_dir / MODEL_FILE).is_file()):
+            return None
+        import json
+
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if int(metrics.get("num_timesteps") or 0) >= self.trial.options.n_timesteps:
+            return metrics
+        return None
+
+    # --- the run ---------------------------------------------------------------------------------
+    def run(self) -> TrialResult:
+        """Train to ``n_timesteps`` (or stop on a signal / NaN) and report the outcome."""
+        options = self.trial.options
+        started = self.started = time.time()
+        done = self._already_complete()
+        if done is not None:
+            self.say(f"{self.run_dir} is already complete ({done.get('num_timesteps'):,} steps): nothing to do")
+            return self._result("skipped", EXIT_OK, started, done)
+        if options.resume and self.trial.resume_from is None:
+            self.say(f"nothing to resume in {self.run_dir}: starting a new run")
+
+        fresh = not (self.run_dir.is_dir() and any(self.run_dir.iterdir())) or options.overwrite
+        session, _ = self._prepare_dir()
+        env = None
+        try:
+            env = make_train_env(self.trial, session)
+            self._setup(env, session)
+        except CLIError:
+            if env is not None:
+                env.close()
+            if fresh:  # bad hyperparameters found while building: leave no half-made run behind
+                _remove_run_dir(self.run_dir, self.trial.options.log_folder)
+            raise
+        try:
+            return self._train(started)
+        finally:
+            env.close()
+            if self.eval_env is not None:
+                self.eval_env.close()
+
+    def _setup(self, env: VecEnv, session: int) -> None:
+        options = self.trial.options
+        self.model = self._build_model(env)
+        if session > 0:
+            self.model.set_random_seed(options.seed + SESSION_SEED_STRIDE * session)
+        self.eval_env = make_eval_env(self.trial)
+        self.checkpoints = CheckpointManager(self.run_dir, keep=options.keep_checkpoints)
+        self.history = EvalHistory(self.run_dir / EVALUATIONS_FILE)
+        self.last_checkpoint = self.trial.resume_from
+
+    def _train(self, started: float) -> TrialResult:
+        options = self.trial.options
+        model = self.model
+        start_steps = int(model.num_timesteps)
+        verb = f"resuming at step {start_steps:,}" if self.trial.resume_from else "training"
+        self.say(
+            f"{verb}: {options.core.upper()} on {options.env} (seed {options.seed}, {self.trial.n_envs} envs, "
+            f"{options.n_timesteps:,} steps) -> {self.run_dir}"
+        )
+
+        callback = RunCallback(self)
+        remaining = options.n_timesteps - start_steps
+        if remaining > 0:
+            stopped = self._learn(model, callback, remaining, reset=self.trial.resume_from is None)
+            if stopped is not None:
+                return stopped
+        # Completed: final checkpoint, model.zip, final evaluation, metrics.
+        self.check_finite(model, where="at the end of training")
+        if self.last_checkpoint is None or self._steps_of(self.last_checkpoint) != model.num_timesteps:
+            self.checkpoint(model)
+        save_model_atomic(model, self.run_dir / MODEL_FILE)
+        final = self.evaluate(model, int(model.num_timesteps))
+        if model.logger is not None:
+            model.logger.dump(int(model.num_timesteps))
+        wall = time.time() - started
+        metrics = self._write_metrics(model, final, wall, start_steps)
+        rate = (model.num_timesteps - start_steps) / max(wall, 1e-9)
+        self.say(f"done: {model.num_timesteps:,} steps in {_fmt_duration(wall)} ({rate:.0f} steps/s); "
+                 f"final eval {final.summary()}")
+        return self._result("completed", EXIT_OK, started, metrics)
+
+    @staticmethod
+    def _steps_of(path: Path) -> int | None:
+        match = _CHECKPOINT_RE.match(path.name)
+        return int(match.group(1)) if match else None
+
+    def _learn(self, model: Any, callback: RunCallback, remaining: int, reset: bool) -> TrialResult | None:
+        """``model.learn``; a :class:`TrialResult` if it did not complete (signal, NaN)."""
+        started = self.started
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*rich is experimental.*")
+                warnings.filterwarnings("ignore", category=UserWarning, module="tqdm")
+                model.learn(remaining, callback=callback, reset_num_timesteps=reset, tb_log_name=TB_LOG_NAME,
+                            progress_bar=self.show_progress_bar)
+        except NonFiniteError as error:
+            return self._non_finite(str(error), started)
+        except Exception as error:
+            if not params_finite(model):  # e.g. NaN logits rejected by torch.distributions mid-update
+                return self._non_finite(f"the parameters became non-finite during an update ({one_line(error)})",
+                                        started)
+            raise
+        if callback.aborted:
+            return self._interrupted(model, callback, started)
+        return None  # completed (a signal during the last update still lets it finish and save)
+
+    def _interrupted(self, model: Any, callback: RunCallback, started: float) -> TrialResult:
+        """Checkpoint what is trained (the partial rollout is dropped) and exit 128 + signal."""
+        signum = int(STOP.signum or signal.SIGINT)
+        model.num_timesteps = callback.safe_timesteps
+        path = self.checkpoint(model)
+        name = signal.Signals(signum).name
+        self.say(f"{name}: checkpoint at step {model.num_timesteps:,} saved to {path}; continue with --resume")
+        return self._result("interrupted", 128 + signum, started, {"num_timesteps": int(model.num_timesteps)},
+                            message=f"{name} at step {model.num_timesteps:,}; --resume continues it")
+
+    def _non_finite(self, reason: str, started: float) -> TrialResult:
+        kept = self.last_checkpoint
+        where = f"the last good checkpoint is {kept}" if kept else "no checkpoint was written yet"
+        message = (f"training stopped: {reason}; {where} (lower the learning rate or max_grad_norm and start "
+                   f"again with --overwrite)")
+        print(f"{self.say.prefix}error: {message}", file=sys.stderr, flush=True)
+        return self._result("nan", EXIT_FAILED, started, {}, message=message)
+
+    def _write_metrics(self, model: Any, final: EvalResult, wall: float, start_steps: int) -> dict[str, Any]:
+        assert self.history is not None
+        metrics = {
+            "env": self.trial.options.env,
+            "core": self.trial.options.core,
+            "seed": self.trial.options.seed,
+            "num_timesteps": int(model.num_timesteps),
+            "success_rate": final.success_rate,
+            "mean_return": final.mean_return,
+            "std_return": final.std_return,
+            "mean_length": float(np.mean(final.lengths)) if final.lengths else None,
+            "n_episodes": len(final.returns),
+            "deterministic": self.trial.options.eval_deterministic,
+            "best_timesteps": self.history.best_timesteps,
+            "best_score": list(self.history.best_score) if self.history.best_score else None,
+            "wall_time_s": round(wall, 2),
+            "steps_per_s": round((model.num_timesteps - start_steps) / max(wall, 1e-9), 1),
+        }
+        write_json(self.run_dir / METRICS_FILE, metrics)
+        return metrics
+
+    def _result(self, status: str, code: int, started: float, metrics: Mapping[str, Any],
+                message: str = "") -> TrialResult:
+        options = self.trial.options
+        return TrialResult(
+            env=options.env, core=options.core, seed=options.seed, run_dir=str(self.run_dir), status=status,
+            exit_code=code, num_timesteps=metrics.get("num_timesteps"), success_rate=metrics.get("success_rate"),
+            mean_return=metrics.get("mean_return"), wall_time_s=round(time.time() - started, 2), message=message,
+        )
+
+
+# ==============================================================================================
+# Entry points
+# ==============================================================================================
+
+
+def execute_trial(options: TrainOptions, keep_pending_signal: bool = False) -> TrialResult:
+    """Resolve and run one trial in this process, SIGINT/SIGTERM meaning "checkpoint and stop"
+    (see :class:`StopRequest`). Bad input raises :class:`CLIError`."""
+    import torch
+
+    torch.set_num_threads(options.threads)
+    printer = _Printer(options.label, options.quiet)
+    with stop_on_signals(keep_pending=keep_pending_signal):
+        trial = resolve_trial(options, say=printer)
+        return Trainer(trial).run()
+
+
+def _sweep_requested(args: Any, trials: list[TrainOptions]) -> bool:
+    return len(trials) > 1 or args.backend is not None or args.workers is not None or args.ray_address is not None
+
+
+@main_guard
+def main(argv: Sequence[str] | None = None) -> int:
+    """``rimrl-train``: parse ``argv`` (default ``sys.argv[1:]``), run one trial or a sweep.
+
+    :return: 0 on success, 1 if training failed (NaN, a failed sweep trial), 2 on bad input,
+        130 / 143 after SIGINT / SIGTERM (a checkpoint was saved).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    trials = build_trials(args, argv)
+    if _sweep_requested(args, trials):
+        from rimrl.cli.sweep import run_sweep
+
+        return run_sweep(trials, backend=args.backend or "local", workers=args.workers,
+                         ray_address=args.ray_address)
+    return execute_trial(trials[0]).exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

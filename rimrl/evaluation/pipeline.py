@@ -1,0 +1,238 @@
+"""One evaluation end to end: resolve models, play every variant, summarise, aggregate, write files.
+
+:func:`evaluate` is what ``evaluate.py`` / ``rimrl-evaluate`` run; it is also the library entry
+point for notebooks. Bad input raises :class:`~rimrl.evaluation.environments.EvaluationInputError`
+or :class:`rimrl.agents.AgentLoadError`, both ``ValueError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.vec_env import VecEnv
+
+from rimrl.agents import AgentLoadError, load_agent
+from rimrl.envs import is_atari
+from rimrl.evaluation.activations import plot_active_units, plot_srm_topology
+from rimrl.evaluation.environments import (
+    EvaluationInputError,
+    VariantEnv,
+    eval_env_kwargs,
+    make_eval_env,
+    make_single_env,
+    resolve_variants,
+)
+from rimrl.evaluation.gifs import slug, write_gif
+from rimrl.evaluation.plots import plot_comparison, plot_results
+from rimrl.evaluation.report import EvaluationReport, write_outputs
+from rimrl.evaluation.results import aggregate_rows, compare_games, episode_rows, summarize
+from rimrl.evaluation.rollout import EpisodeTrace, run_episodes, trace_episode
+from rimrl.evaluation.sources import ModelSource, core_of, label_sources, resolve_sources
+
+__all__ = ["EvaluationOptions", "evaluate", "check_spaces"]
+
+#: Steps after which a GIF/activation trace stops (a full Atari game can last 27,000 agent steps).
+TRACE_MAX_STEPS = 3000
+
+
+@dataclass
+class EvaluationOptions:
+    """Settings of one evaluation (the CLI's arguments; see ``docs/evaluate.md``)."""
+
+    paths: Sequence[str | Path]
+    env: str | None = None
+    variants: Sequence[str] | None = None
+    episodes: int = 100
+    seed: int = 1000
+    deterministic: bool = True
+    n_envs: int = 8
+    out: str | Path | None = None
+    plot: bool = False
+    gif: int = 0
+    activations: bool = False
+    compare: bool = False
+    challenger: str = "rim"
+    baseline: str = "lstm"
+    checkpoint: str = "final"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        """Reject bad numbers and combinations before any model is loaded."""
+        for name, value, minimum in (("episodes", self.episodes, 1), ("n_envs", self.n_envs, 1), ("gif", self.gif, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise EvaluationInputError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+        if self.checkpoint not in ("final", "best"):
+            raise EvaluationInputError(f"checkpoint must be 'final' or 'best', got {self.checkpoint!r}")
+        if (self.plot or self.gif or self.activations or self.compare) and self.out is None:
+            raise EvaluationInputError("--plot, --gif, --activations and --compare write files: pass --out DIR")
+        if self.challenger == self.baseline:
+            raise EvaluationInputError(f"the compared cores must differ, got {self.challenger!r} twice")
+
+    def settings(self) -> dict[str, Any]:
+        """The settings recorded in ``results.json``."""
+        return {
+            "episodes": self.episodes,
+            "seed": self.seed,
+            "deterministic": self.deterministic,
+            "n_envs": self.n_envs,
+            "checkpoint": self.checkpoint,
+            "variants": list(self.variants) if self.variants else "all",
+        }
+
+
+def _one_line(space: spaces.Space) -> str:
+    return " ".join(str(space).split())
+
+
+def check_spaces(model: RecurrentPPO, env: VecEnv, env_id: str, path: Path) -> None:
+    """Raise :class:`AgentLoadError` when ``env``'s observation or action space differs from the model's."""
+    for kind in ("observation", "action"):
+        saved, given = getattr(model, f"{kind}_space"), getattr(env, f"{kind}_space")
+        if saved != given:
+            raise AgentLoadError(
+                f"{kind} space mismatch: env {env_id!r} has {_one_line(given)} but {str(path)!r} was saved with {_one_line(saved)}"
+            )
+
+
+@dataclass
+class _Loaded:
+    source: ModelSource
+    model: RecurrentPPO
+    variants: list[VariantEnv]
+
+
+def _load(sources: Sequence[ModelSource], options: EvaluationOptions) -> list[_Loaded]:
+    """Resolve every source's variants first (cheap, fails fast), then load the models."""
+    planned = [(source, resolve_variants(source.env_id or "", options.variants)) for source in sources]
+    loaded = []
+    for source, variants in planned:
+        model = load_agent(source.path, env=None, device=options.device)
+        source.core = source.core or core_of(model)
+        loaded.append(_Loaded(source, model, variants))
+    label_sources([item.source for item in loaded])
+    return loaded
+
+
+def _kwargs_for(item: _Loaded, env_id: str, options: EvaluationOptions) -> dict[str, Any]:
+    return eval_env_kwargs(env_id, item.model.observation_space, {**item.source.env_kwargs, **options.env_kwargs})
+
+
+def _traces(item: _Loaded, variant: VariantEnv, options: EvaluationOptions, count: int, render: bool) -> list[EpisodeTrace]:
+    """``count`` single-env episodes (seeded ``seed + k``) for GIFs and activation maps."""
+    single = make_single_env(variant.env_id, _kwargs_for(item, variant.env_id, options))
+    try:
+        return [
+            trace_episode(
+                item.model,
+                reset=lambda k=k: single.reset(options.seed + k),
+                step=single.step,
+                render=single.render if render else None,
+                deterministic=options.deterministic,
+                seed=options.seed + k,
+                max_steps=TRACE_MAX_STEPS,
+            )
+            for k in range(count)
+        ]
+    finally:
+        single.close()
+
+
+def _inspect(item: _Loaded, variant: VariantEnv, options: EvaluationOptions, report: EvaluationReport) -> None:
+    """GIFs and activation maps of one model on one variant."""
+    modular = item.source.core in ("rim", "srm")
+    count = max(options.gif, 1 if options.activations and modular else 0)
+    if count == 0:
+        return
+    out = Path(options.out or ".")
+    traces = _traces(item, variant, options, count, render=options.gif > 0)
+    name = f"{slug(item.source.label)}_{slug(variant.variant)}"
+    for k, trace in enumerate(traces[: options.gif]):
+        report.files.append(write_gif(trace.frames, out / "gifs" / f"{name}_ep{k}.gif"))
+    if options.activations and modular and traces[0].active is not None:
+        unit = "unit" if item.source.core == "rim" else "module"
+        title = f"{item.source.label} on {variant.variant}: active {unit}s (episode 0, return {traces[0].episode_return:.2f})"
+        report.files.append(plot_active_units(traces[0].active, out / "activations" / f"{name}_active.png", title, unit))
+
+
+def _inspect_topology(item: _Loaded, options: EvaluationOptions, report: EvaluationReport) -> None:
+    core = getattr(item.model.policy, "core", None)
+    if options.activations and item.source.core == "srm" and hasattr(core, "topology"):
+        path = Path(options.out or ".") / "activations" / f"{slug(item.source.label)}_srm_topology.png"
+        report.files.append(plot_srm_topology(core.topology(), path, f"{item.source.label}: SRM geometry"))
+
+
+def _check_comparable(loaded: Sequence[_Loaded], options: EvaluationOptions) -> None:
+    """``--compare`` needs, on some Atari game, a model of each compared core (checked before any rollout)."""
+    cores_by_game: dict[str, set[str]] = {}
+    for item in loaded:
+        if is_atari(item.source.env_id or ""):
+            for variant in item.variants:
+                cores_by_game.setdefault(variant.env_id, set()).add(item.source.core or "")
+    if not any({options.challenger, options.baseline} <= cores for cores in cores_by_game.values()):
+        raise EvaluationInputError(
+            f"--compare needs Atari models of both cores {options.challenger!r} and {options.baseline!r} on at least one game"
+        )
+
+
+def evaluate(options: EvaluationOptions, log: Callable[[str], None] | None = None) -> EvaluationReport:
+    """Run the evaluation described by ``options``; write its files when ``options.out`` is set."""
+    say = log or (lambda message: None)
+    th.set_num_threads(1)  # small recurrent nets: intra-op threads only add contention on a shared machine
+    options.validate()
+    sources = resolve_sources(options.paths, env=options.env, checkpoint=options.checkpoint)
+    loaded = _load(sources, options)
+    if options.compare:
+        _check_comparable(loaded, options)
+    report = EvaluationReport(settings=options.settings())
+    for item in loaded:
+        for variant in item.variants:
+            say(f"{item.source.label}: {variant.variant} ({variant.env_id}), {options.episodes} episodes")
+            venv = make_eval_env(variant.env_id, options.n_envs, options.seed, _kwargs_for(item, variant.env_id, options))
+            try:
+                check_spaces(item.model, venv, variant.env_id, item.source.path)
+                records = run_episodes(item.model, venv, options.episodes, options.deterministic, seed=options.seed)
+            finally:
+                venv.close()
+            row = summarize(
+                records,
+                model=item.source.label,
+                run=item.source.run,
+                model_path=str(item.source.path),
+                core=item.source.core or "",
+                seed=item.source.seed,
+                train_env=item.source.env_id or "",
+                env=variant.env_id,
+                variant=variant.variant,
+                deterministic=options.deterministic,
+                eval_seed=options.seed,
+                n_envs=options.n_envs,
+            )
+            report.rows.append(row)
+            report.episodes.extend(episode_rows(records, row))
+            if options.out is not None:
+                _inspect(item, variant, options, report)
+        if options.out is not None:
+            _inspect_topology(item, options, report)
+        if options.activations and item.source.core not in ("rim", "srm"):
+            report.notes.append(f"--activations: {item.source.label} has a {item.source.core} core (no active units to show)")
+    report.aggregates = aggregate_rows(report.rows, seed=options.seed)
+    if options.compare:
+        report.comparison = compare_games(report.rows, options.challenger, options.baseline)
+    if options.out is not None:
+        _write(report, Path(options.out), options)
+    return report
+
+
+def _write(report: EvaluationReport, out: Path, options: EvaluationOptions) -> None:
+    report.files = write_outputs(report, out) + report.files
+    if options.plot:
+        report.files.append(plot_results(report.rows, report.aggregates, out / "results.png"))
+    if report.comparison:
+        report.files.append(plot_comparison(report.comparison, out / "atari_compare.png"))

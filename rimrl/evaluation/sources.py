@@ -1,0 +1,151 @@
+"""What to evaluate: run directories and ``model.zip`` files, resolved to a model, env, core and seed.
+
+A run directory, as written by ``train.py`` (``runs/<env>/<core>/seed<k>/``), holds ``model.zip``
+(the final model), ``best_model.zip`` and ``config.yml`` with top-level ``env``, ``core`` and
+``seed`` (and optionally ``env_kwargs``). A bare ``model.zip`` is evaluated on ``--env``; its core is
+read from the saved policy once loaded, and a ``config.yml`` next to it is used when present.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sb3_contrib import RecurrentPPO
+
+from rimrl.evaluation.environments import EvaluationInputError
+
+__all__ = ["CONFIG_FILE", "ModelSource", "core_of", "label_sources", "resolve_source", "resolve_sources"]
+
+CONFIG_FILE = "config.yml"
+_CHECKPOINTS = {"final": "model.zip", "best": "best_model.zip"}
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+
+
+@dataclass
+class ModelSource:
+    """One model to evaluate.
+
+    Attributes:
+        path: the ``.zip`` to load.
+        run_dir: the run directory (None for a zip outside one).
+        env_id: the env it was trained on (from ``config.yml``) or ``--env``.
+        core: ``"rim"``, ``"lstm"``, ... (None until read from the loaded policy).
+        seed: the training seed (None when unknown).
+        env_kwargs: the run's env arguments (``config.yml``'s ``env_kwargs``), reused for evaluation.
+        label: a short unique name for tables (``"rim-seed0"``), set by :func:`label_sources`.
+    """
+
+    path: Path
+    run_dir: Path | None
+    env_id: str | None
+    core: str | None
+    seed: int | None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def run(self) -> str:
+        """The run directory, or the zip itself when there is none (the ``run`` column)."""
+        return str(self.run_dir if self.run_dir is not None else self.path)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise EvaluationInputError(f"cannot read {str(path)!r}: {' '.join(str(error).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise EvaluationInputError(f"{str(path)!r} is not a run config (expected a mapping)")
+    return data
+
+
+def _seed_of(config: dict[str, Any], run_dir: Path | None) -> int | None:
+    seed = config.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return seed
+    match = _SEED_DIR.match(run_dir.name) if run_dir is not None else None
+    return int(match.group(1)) if match else None
+
+
+def resolve_source(argument: str | Path, env: str | None = None, checkpoint: str = "final") -> ModelSource:
+    """Resolve one command-line argument (run directory or ``.zip``) to a :class:`ModelSource`.
+
+    ``env`` (``--env``) overrides the run's env; it is required for a zip without ``config.yml``.
+    ``checkpoint``: ``"final"`` (``model.zip``) or ``"best"`` (``best_model.zip``) for run directories.
+    """
+    path = Path(argument)
+    if not path.exists():
+        raise EvaluationInputError(f"no such run directory or model file: {str(path)!r}")
+    if path.is_dir():
+        run_dir = path
+        zip_path = path / _CHECKPOINTS[checkpoint]
+        if not zip_path.is_file():
+            raise EvaluationInputError(f"run directory {str(path)!r} has no {_CHECKPOINTS[checkpoint]}")
+    else:
+        zip_path = path
+        run_dir = path.parent if (path.parent / CONFIG_FILE).is_file() else None
+    config = _read_config(run_dir / CONFIG_FILE) if run_dir is not None and (run_dir / CONFIG_FILE).is_file() else {}
+    env_id = env or config.get("env")
+    if not env_id:
+        where = f"{str(run_dir / CONFIG_FILE)!r} names no env" if run_dir is not None else "it has no config.yml next to it"
+        raise EvaluationInputError(f"no env to evaluate {str(zip_path)!r} on ({where}): pass --env ENV_ID")
+    env_kwargs = config.get("env_kwargs") or {}
+    if not isinstance(env_kwargs, dict):
+        raise EvaluationInputError(f"env_kwargs in {str(run_dir / CONFIG_FILE)!r} must be a mapping")
+    core = config.get("core")
+    return ModelSource(
+        path=zip_path,
+        run_dir=run_dir,
+        env_id=str(env_id),
+        core=str(core) if core else None,
+        seed=_seed_of(config, run_dir),
+        env_kwargs=dict(env_kwargs),
+    )
+
+
+def resolve_sources(arguments: Sequence[str | Path], env: str | None = None, checkpoint: str = "final") -> list[ModelSource]:
+    """:func:`resolve_source` for each argument, then :func:`label_sources`."""
+    if not arguments:
+        raise EvaluationInputError("nothing to evaluate: give one or more run directories or model.zip files")
+    sources = [resolve_source(argument, env, checkpoint) for argument in arguments]
+    seen: set[Path] = set()
+    for source in sources:
+        resolved = source.path.resolve()
+        if resolved in seen:
+            raise EvaluationInputError(f"{str(source.path)!r} is given twice")
+        seen.add(resolved)
+    return sources
+
+
+def core_of(model: RecurrentPPO) -> str:
+    """The core of a loaded model: rimrl policies say it; sb3-contrib's own policies hold an LSTM."""
+    name = getattr(model.policy, "core_name", None)
+    if name:
+        return str(name)
+    return "lstm"
+
+
+def label_sources(sources: Sequence[ModelSource]) -> None:
+    """Give each source a short unique ``label``: ``<core>-seed<k>`` (prefixed by the env's name,
+    e.g. ``Breakout-v5/rim-seed0``, when the sources come from several envs), else the run's or
+    zip's name; repeated labels get ``#2``, ``#3``, ..."""
+    several_envs = len({source.env_id for source in sources}) > 1
+    counts: dict[str, int] = {}
+    for source in sources:
+        if source.core is not None and source.seed is not None:
+            base = f"{source.core}-seed{source.seed}"
+            if several_envs and source.env_id:
+                base = f"{source.env_id.split('/')[-1]}/{base}"
+        elif source.run_dir is not None:
+            base = source.run_dir.name
+        else:
+            base = source.path.stem
+        counts[base] = counts.get(base, 0) + 1
+        source.label = base if counts[base] == 1 else f"{base}#{counts[base]}"

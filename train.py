@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""Train a rimrl agent: ``python train.py --env rimrl/Pickup-Train-v0 --core rim`` (see docs/train.md).
+
+A thin entry point; the command line lives in :mod:`rimrl.cli.train`.
+"""
+
+import sys
+
+from rimrl.cli.train import main
+
+if __name__ == "__main__":
+    sys.exit(main())
