@@ -5,6 +5,9 @@ STAMP := $(VENV)/.rimrl-installed
 
 .PHONY: setup test test-slow lint demo clean
 
+DEMO_STEPS ?= 300000
+DEMO_RUN := runs/rimrl-Pickup-Train-v0/rim/seed0
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
@@ -21,6 +24,12 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+# Train the default RIM agent on the distractor train variant, then evaluate it in and out of
+# distribution (train, more, novel, more+novel; 100 episodes each) and plot the result.
+demo: $(STAMP)
+	$(PY) train.py --env rimrl/Pickup-Train-v0 --core rim --seed 0 -n $(DEMO_STEPS) --overwrite
+	$(PY) evaluate.py $(DEMO_RUN) --episodes 100 --plot --out $(DEMO_RUN)/eval
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

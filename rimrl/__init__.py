@@ -1,3 +1,26 @@
-"""rimrl: modular recurrent cores (RIMs, S2RMs) for sb3-contrib's RecurrentPPO."""
+"""rimrl: modular recurrent cores (RIMs, S2RMs) for sb3-contrib's RecurrentPPO.
+
+Importing ``rimrl`` registers the MiniGrid distractor suite with gymnasium
+(``gymnasium.make("rimrl/Pickup-Train-v0")``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rimrl import envs as envs  # registers the suite ids
+
+if TYPE_CHECKING:
+    from sb3_contrib import RecurrentPPO
 
 __version__ = "0.1.0"
+
+
+def load(path: str, env: Any = None, device: str = "auto") -> RecurrentPPO:
+    """Load a saved agent (``model.zip`` or a run directory); see ``rimrl.agents.load_agent``."""
+    from rimrl.agents import load_agent
+
+    return load_agent(path, env=env, device=device)
+
+
+__all__ = ["__version__", "envs", "load"]
