@@ -17,12 +17,13 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import yaml
+
+from rimrl.agents.training import atomic_replace
 
 __all__ = [
     "EXIT_USAGE",
@@ -191,40 +192,6 @@ def to_yaml_safe(value: Any) -> Any:
         except (TypeError, ValueError):
             pass
     return repr(value)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_replace(write: Callable[[Path], None], path: str | Path) -> Path:
-    """Write ``path`` atomically: ``write(tmp)`` fills a temp file in the same folder (its name ends
-    in ``path``'s suffix), which is fsynced and ``os.replace``\\ d onto ``path``. A crash leaves
-    either the old file or the new one, never a torn file (only a stray ``.tmp-*`` file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -44,13 +43,25 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.monitor import ResultsWriter
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env import VecEnv
 
+from rimrl.agents.training import (
+    CHECKPOINT_RE,
+    STOP,
+    CheckpointManager,
+    EpisodeCSV,
+    EvalHistory,
+    EvalResult,
+    NonFiniteError,
+    evaluate_recurrent,
+    list_checkpoints,
+    params_finite,
+    save_model_atomic,
+    stop_on_signals,
+)
 from rimrl.cli.common import (
     ArgumentParser,
     CLIError,
-    atomic_replace,
     env_dirname,
     git_info,
     main_guard,
@@ -121,11 +132,9 @@ MODEL_FILE = "model.zip"
 BEST_MODEL_FILE = "best_model.zip"
 METRICS_FILE = "final_metrics.json"
 EVALUATIONS_FILE = "evaluations.npz"
-CHECKPOINT_DIR = "checkpoints"
 MONITOR_DIR = "monitor"
 TB_DIR = "tb"
 TB_LOG_NAME = "RecurrentPPO"
-_CHECKPOINT_RE = re.compile(r"^model_(\d+)_steps\.zip$")
 
 #: Offsets so the evaluation env and resumed sessions never replay the training episodes.
 EVAL_SEED_OFFSET = 1_000_003
@@ -134,15 +143,6 @@ SESSION_SEED_STRIDE = 10_007
 LOG_EVERY_S = 30.0
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class NonFiniteError(RuntimeError):
-    """The loss or the parameters became NaN/inf; the run stops and keeps its last good checkpoint."""
-
-
-# ==============================================================================================
-# Options
-# ==============================================================================================
 
 
 @dataclass
@@ -484,19 +484,6 @@ def _check_run_dir(options: TrainOptions) -> None:
         )
 
 
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """``[(num_timesteps, path), ...]`` of ``<run>/checkpoints/model_<N>_steps.zip``, newest first."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in folder.iterdir():
-        match = _CHECKPOINT_RE.match(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found, reverse=True)
-
-
 #: On ``--resume`` these stay as the run saved them (they define the experiment) ...
 _RESUME_KEPT = ("n_envs", "vec_env", "preset", "eval_deterministic", "env_kwargs")
 #: ... and these follow the command line when given there, else the saved value.
@@ -598,41 +585,6 @@ def _sigint_ignored(active: bool) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-class EpisodeCSV(VecEnvWrapper):
-    """Append each finished episode (``infos[i]["episode"]``: raw return ``r``, length ``l``,
-    ``success`` when the env reports it) to one SB3 monitor CSV, which ``load_results`` reads.
-
-    One file per training session (``monitor/session<i>.monitor.csv``): a resumed run appends a
-    new file instead of truncating the old one, and the header's ``t_start`` keeps times absolute.
-    """
-
-    def __init__(self, venv: VecEnv, filename: str, env_id: str, with_success: bool) -> None:
-        super().__init__(venv)
-        self.t_start = time.time()
-        extra = ("success",) if with_success else ()
-        self.writer = ResultsWriter(filename, header={"t_start": self.t_start, "env_id": env_id}, extra_keys=extra)
-        self.with_success = with_success
-
-    def reset(self) -> Any:
-        return self.venv.reset()
-
-    def step_wait(self) -> Any:
-        obs, rewards, dones, infos = self.venv.step_wait()
-        for done, info in zip(dones, infos, strict=True):
-            episode = info.get("episode") if done else None
-            if episode is not None:
-                row = {"r": round(float(episode["r"]), 6), "l": int(episode["l"]),
-                       "t": round(time.time() - self.t_start, 6)}
-                if self.with_success:
-                    row["success"] = bool(episode.get("success", info.get("success", False)))
-                self.writer.write_row(row)
-        return obs, rewards, dones, infos
-
-    def close(self) -> None:
-        self.writer.close()
-        super().close()
-
-
 def make_train_env(trial: ResolvedTrial, session: int) -> Any:
     """The training ``VecEnv``: ``make_env`` + one monitor CSV per session under ``<run>/monitor/``."""
     from rimrl.envs import make_env
@@ -663,232 +615,8 @@ def make_eval_env(trial: ResolvedTrial) -> Any:
 
 
 # ==============================================================================================
-# Evaluation
-# ==============================================================================================
-
-
-@dataclass
-class EvalResult:
-    """Per-episode outcomes of one evaluation."""
-
-    returns: list[float]
-    lengths: list[int]
-    successes: list[bool] | None  # None when the env reports no success (Atari)
-
-    @property
-    def mean_return(self) -> float:
-        return float(np.mean(self.returns)) if self.returns else float("nan")
-
-    @property
-    def std_return(self) -> float:
-        return float(np.std(self.returns)) if self.returns else float("nan")
-
-    @property
-    def success_rate(self) -> float | None:
-        return float(np.mean(self.successes)) if self.successes else None
-
-    def score(self) -> tuple[float, ...]:
-        """Ordering for "best model": success rate first (when known), then mean return."""
-        return (self.success_rate, self.mean_return) if self.success_rate is not None else (self.mean_return,)
-
-    def summary(self) -> str:
-        parts = []
-        if self.success_rate is not None:
-            parts.append(f"success {self.success_rate:.2f}")
-        parts.append(f"return {self.mean_return:.3g} ± {self.std_return:.2g}")
-        parts.append(f"length {np.mean(self.lengths):.0f}")
-        return ", ".join(parts) + f" ({len(self.returns)} episodes)"
-
-
-def evaluate_recurrent(
-    model: Any, env: VecEnv, n_episodes: int, deterministic: bool = False, seed: int | None = None
-) -> EvalResult:
-    """Play ``n_episodes`` with :func:`rimrl.evaluation.rollout.run_episodes` (recurrent state and
-    episode starts carried per env, fair per-env quotas, whole games for Atari, raw scores).
-
-    With ``seed`` the env and torch are reseeded first, so every evaluation of a run sees the same
-    episodes; torch's RNG state is restored afterwards, so training's random stream is untouched.
-    """
-    import torch
-
-    from rimrl.evaluation.rollout import run_episodes
-
-    cpu_state = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        records = run_episodes(model, env, n_episodes, deterministic=deterministic, seed=seed)
-    finally:
-        torch.set_rng_state(cpu_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
-    successes = [record.success for record in records]
-    return EvalResult(
-        returns=[float(record.episode_return) for record in records],
-        lengths=[int(record.length) for record in records],
-        successes=None if any(s is None for s in successes) else [bool(s) for s in successes],
-    )
-
-
-# ==============================================================================================
-# Checkpoints
-# ==============================================================================================
-
-
-def params_finite(model: Any) -> bool:
-    """Whether every policy parameter is finite."""
-    import torch
-
-    with torch.no_grad():
-        return all(bool(torch.isfinite(p).all()) for p in model.policy.parameters())
-
-
-def save_model_atomic(model: Any, path: Path) -> Path:
-    """``model.save`` into a temp file beside ``path``, then ``os.replace`` (never a torn zip)."""
-    return atomic_replace(lambda tmp: model.save(tmp), path)
-
-
-class CheckpointManager:
-    """``<run>/checkpoints/model_<N>_steps.zip``: atomic, never NaN, the newest ``keep`` kept."""
-
-    def __init__(self, run_dir: Path, keep: int = 5) -> None:
-        self.folder = Path(run_dir) / CHECKPOINT_DIR
-        self.keep = keep
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for stray in self.folder.glob(".tmp-*"):  # left by a SIGKILL mid-write
-            stray.unlink(missing_ok=True)
-
-    def path_for(self, num_timesteps: int) -> Path:
-        return self.folder / f"model_{num_timesteps}_steps.zip"
-
-    def latest(self) -> tuple[int, Path] | None:
-        found = list_checkpoints(self.folder.parent)
-        return found[0] if found else None
-
-    def save(self, model: Any) -> Path:
-        """Checkpoint ``model`` at its ``num_timesteps``; refuses (``NonFiniteError``) NaN weights."""
-        if not params_finite(model):
-            raise NonFiniteError("refusing to checkpoint non-finite parameters")
-        path = save_model_atomic(model, self.path_for(int(model.num_timesteps)))
-        self._prune()
-        return path
-
-    def _prune(self) -> None:
-        if self.keep <= 0:
-            return
-        for _, old in list_checkpoints(self.folder.parent)[self.keep:]:
-            old.unlink(missing_ok=True)
-
-
-class EvalHistory:
-    """``evaluations.npz`` in SB3's EvalCallback layout (``timesteps``, ``results``, ``ep_lengths``,
-    ``successes`` when known), reloaded on resume so "best" spans sessions."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.timesteps: list[int] = []
-        self.results: list[list[float]] = []
-        self.lengths: list[list[float]] = []
-        self.successes: list[list[float]] = []
-        self.best_score: tuple[float, ...] | None = None
-        self.best_timesteps: int | None = None
-        if path.is_file():
-            self._load()
-
-    def _load(self) -> None:
-        with np.load(self.path) as data:
-            self.timesteps = [int(t) for t in data["timesteps"]]
-            self.results = [[float(x) for x in row if not math.isnan(x)] for row in data["results"]]
-            self.lengths = [[float(x) for x in row if not math.isnan(x)] for row in data["ep_lengths"]]
-            if "successes" in data:
-                self.successes = [[float(x) for x in row if not math.isnan(x)] for row in data["successes"]]
-            if "best_timesteps" in data:
-                self.best_timesteps = int(data["best_timesteps"])
-                self.best_score = tuple(float(x) for x in data["best_score"])
-
-    def add(self, timesteps: int, result: EvalResult) -> bool:
-        """Record an evaluation; True if it is the best so far."""
-        self.timesteps.append(int(timesteps))
-        self.results.append(list(result.returns))
-        self.lengths.append([float(x) for x in result.lengths])
-        if result.successes is not None:
-            self.successes.append([float(x) for x in result.successes])
-        is_best = self.best_score is None or result.score() > self.best_score
-        if is_best:
-            self.best_score, self.best_timesteps = result.score(), int(timesteps)
-        self._save()
-        return is_best
-
-    @staticmethod
-    def _pad(rows: list[list[float]]) -> np.ndarray:
-        width = max((len(r) for r in rows), default=0)
-        return np.array([r + [math.nan] * (width - len(r)) for r in rows], dtype=float).reshape(len(rows), width)
-
-    def _save(self) -> None:
-        arrays = {
-            "timesteps": np.array(self.timesteps, dtype=np.int64),
-            "results": self._pad(self.results),
-            "ep_lengths": self._pad(self.lengths),
-            "best_timesteps": np.array(self.best_timesteps, dtype=np.int64),
-            "best_score": np.array(self.best_score, dtype=float),
-        }
-        if self.successes and len(self.successes) == len(self.timesteps):
-            arrays["successes"] = self._pad(self.successes)
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
-
-        atomic_replace(write, self.path)
-
-
-# ==============================================================================================
 # The training callback
 # ==============================================================================================
-
-
-class StopRequest:
-    """SIGINT/SIGTERM as a request to stop, not a crash.
-
-    While :func:`stop_on_signals` is active the handler only records the signal; the training
-    callback polls it at every env step, so the run checkpoints what is trained and exits with
-    128 + signal. A signal during setup stops the run as soon as training starts; one during the
-    final save and evaluation lets them finish. A second signal kills the process at once.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def handler(self, signum: int, _frame: Any = None) -> None:
-        if self.signum is not None:  # impatient: the default action now
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        self.signum = signum
-
-
-#: The process-wide stop request (one training run per process at a time).
-STOP = StopRequest()
-
-
-@contextlib.contextmanager
-def stop_on_signals(keep_pending: bool = False) -> Iterator[StopRequest]:
-    """Route SIGINT/SIGTERM to :data:`STOP` (main thread only; elsewhere, e.g. a thread, no-op).
-
-    :param keep_pending: keep a signal recorded before this call (a sweep worker's), else clear it.
-    """
-    if not keep_pending:
-        STOP.signum = None
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError, OSError):
-                previous[signum] = signal.signal(signum, STOP.handler)
-    try:
-        yield STOP
-    finally:
-        for signum, handler in previous.items():
-            with contextlib.suppress(ValueError, OSError, TypeError):
-                signal.signal(signum, handler)
 
 
 class _Printer:
@@ -1122,7 +850,7 @@ class Trainer:
     @property
     def _start_timesteps(self) -> int:  # where this session starts
         resume_from = self.trial.resume_from
-        match = _CHECKPOINT_RE.match(resume_from.name) if resume_from is not None else None
+        match = CHECKPOINT_RE.match(resume_from.name) if resume_from is not None else None
         return int(match.group(1)) if match else 0
 
     def _build_model(self, env: Any) -> Any:
@@ -1240,7 +968,7 @@ class Trainer:
 
     @staticmethod
     def _steps_of(path: Path) -> int | None:
-        match = _CHECKPOINT_RE.match(path.name)
+        match = CHECKPOINT_RE.match(path.name)
         return int(match.group(1)) if match else None
 
     def _learn(self, model: Any, callback: RunCallback, remaining: int, reset: bool) -> TrialResult | None:
