@@ -1,0 +1,140 @@
+"""Build a RecurrentPPO agent from a preset, and load a saved one with clear errors."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.vec_env import VecEnv
+
+from rimrl.agents.presets import resolve_hyperparams
+from rimrl.policies import POLICIES, is_minigrid_space
+
+__all__ = ["AgentLoadError", "infer_family", "load_agent", "make_agent"]
+
+
+class AgentLoadError(ValueError):
+    """A saved agent could not be loaded: missing/corrupt file, not a RecurrentPPO model, or spaces
+    that do not match the env it is loaded with. The message is one line."""
+
+
+def infer_family(observation_space: spaces.Space) -> str:
+    """``"minigrid"`` for MiniGrid views, ``"atari"`` for other images, ``"vector"`` otherwise."""
+    if is_minigrid_space(observation_space):
+        return "minigrid"
+    if is_image_space(observation_space):
+        return "atari"
+    return "vector"
+
+
+def make_agent(
+    env: str | gym.Env | VecEnv,
+    core: str = "rim",
+    preset: str | Path | dict[str, Any] | None = None,
+    seed: int | None = None,
+    tensorboard_log: str | None = None,
+    verbose: int = 0,
+    device: str = "auto",
+    **overrides: Any,
+) -> RecurrentPPO:
+    """A ``RecurrentPPO`` with the ``core``'s policy and the family preset's hyperparameters.
+
+    :param env: an env id (built with ``rimrl.envs.make_env`` using the preset's ``n_envs``), a
+        gymnasium env or an SB3 ``VecEnv`` (its family is inferred from the observation space;
+        the preset's ``n_envs`` is then ignored: the env decides).
+    :param core: ``"lstm"``, ``"gru"``, ``"rim"`` or ``"srm"``.
+    :param preset: see :func:`rimrl.agents.resolve_hyperparams` (``None``: the family's YAML).
+    :param overrides: RecurrentPPO arguments or dotted ``policy_kwargs`` paths, e.g.
+        ``make_agent(env, "rim", **{"policy_kwargs.core_kwargs.k": 3, "learning_rate": 1e-4})``.
+    :raises ValueError: unknown keys, or invalid core hyperparameters (e.g. ``k > num_units``),
+        raised while the policy is built.
+    """
+    if core not in POLICIES:
+        raise ValueError(f"core must be one of {sorted(POLICIES)}, got {core!r}")
+    family_or_id = env if isinstance(env, str) else infer_family(env.observation_space)
+    params = resolve_hyperparams(family_or_id, core, preset=preset, overrides=overrides)
+    n_envs = params.pop("n_envs", 8)
+    if isinstance(env, str):
+        from rimrl.envs import make_env
+
+        env = make_env(env, n_envs=n_envs, seed=0 if seed is None else seed)
+    return RecurrentPPO(
+        POLICIES[core],
+        env,
+        seed=seed,
+        tensorboard_log=tensorboard_log,
+        verbose=verbose,
+        device=device,
+        **params,
+    )
+
+
+#: The final model's file name inside a run directory written by train.py.
+RUN_MODEL_FILE = "model.zip"
+
+
+def _find_zip(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / RUN_MODEL_FILE]
+    elif path.suffix == ".zip":
+        candidates = [path]
+    else:
+        candidates = [path, path.with_name(path.name + ".zip")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise AgentLoadError(f"no saved agent at {str(path)!r} (looked for {', '.join(str(c) for c in candidates)})")
+
+
+def _one_line(space: spaces.Space) -> str:
+    return " ".join(str(space).split())
+
+
+def load_agent(path: str | Path, env: str | gym.Env | VecEnv | None = None, device: str = "auto") -> RecurrentPPO:
+    """Load a ``RecurrentPPO`` saved with ``model.save(path)``, optionally attached to ``env``.
+
+    :param path: the ``.zip`` (the suffix may be omitted, as with SB3), or a run directory
+        holding ``model.zip``.
+    :param env: an env (or env id for ``rimrl.envs.make_env``) whose observation and action
+        spaces must equal the saved ones (after SB3's usual image transpose).
+    :raises AgentLoadError: missing path, not a zip / corrupt zip, not a RecurrentPPO model, or a
+        space mismatch.
+    """
+    file = _find_zip(path)
+    if not zipfile.is_zipfile(file):
+        raise AgentLoadError(f"{str(file)!r} is not a saved agent: not a zip file")
+    try:
+        data, _, _ = load_from_zip_file(file, device=device)
+    except Exception as error:  # SB3 raises ValueError/KeyError/RuntimeError/pickle errors here
+        raise AgentLoadError(f"{str(file)!r} is not a readable saved agent ({type(error).__name__}: {error})") from error
+    policy_class = (data or {}).get("policy_class")
+    if not (isinstance(policy_class, type) and issubclass(policy_class, RecurrentActorCriticPolicy)):
+        raise AgentLoadError(f"{str(file)!r} does not hold a RecurrentPPO agent (policy class: {policy_class!r})")
+
+    if env is not None:
+        if isinstance(env, str):
+            from rimrl.envs import make_env
+
+            env = make_env(env, n_envs=int(data.get("n_envs", 1)))
+        env = RecurrentPPO._wrap_env(env, verbose=0)
+        for kind in ("observation", "action"):
+            saved, given = data.get(f"{kind}_space"), getattr(env, f"{kind}_space")
+            if saved != given:
+                raise AgentLoadError(
+                    f"{kind} space mismatch: the env has {_one_line(given)} but {str(file)!r} was saved with "
+                    f"{_one_line(saved)}"
+                )
+    try:
+        return RecurrentPPO.load(file, env=env, device=device)
+    except AgentLoadError:
+        raise
+    except Exception as error:
+        raise AgentLoadError(f"could not load {str(file)!r}: {type(error).__name__}: {error}") from error

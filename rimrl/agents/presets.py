@@ -1,0 +1,317 @@
+"""RecurrentPPO hyperparameter presets per env family and core, kept as YAML under ``configs/``.
+
+A preset file (``configs/<family>.yml``) has a ``default`` section and one section per core
+(``lstm``, ``gru``, ``rim``, ``srm``); the core's section is deep-merged over ``default``
+(rl-zoo3 style). Keys are ``RecurrentPPO.__init__`` arguments plus ``n_envs`` (consumed by the
+caller, see :func:`preset_n_envs`); ``policy_kwargs`` holds the policy's arguments
+(``lstm_hidden_size``, ``core_kwargs``, ...). Schedules are written ``"lin_<value>"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sb3_contrib import RecurrentPPO
+from torch import nn
+
+from rimrl.policies.modular import CORE_NAMES, ModularRecurrentPolicy
+
+__all__ = [
+    "CONFIG_DIR_ENV",
+    "FAMILIES",
+    "LinearDecay",
+    "allowed_core_kwargs",
+    "allowed_hyperparams",
+    "allowed_policy_kwargs",
+    "config_dir",
+    "load_preset",
+    "parse_schedule",
+    "preset_n_envs",
+    "resolve_family",
+    "resolve_hyperparams",
+]
+
+#: Env families with a preset file ``configs/<family>.yml``.
+FAMILIES = ("minigrid", "atari", "vector")
+#: Environment variable that points at another presets folder.
+CONFIG_DIR_ENV = "RIMRL_CONFIG_DIR"
+
+# Keys make_agent passes itself, or that RecurrentPPO must not get from a preset.
+_RESERVED_ALGO_KEYS = {"self", "policy", "env", "_init_setup_model", "seed", "tensorboard_log", "verbose", "device"}
+# Keys consumed by the caller, not RecurrentPPO.
+_CALLER_KEYS = {"n_envs"}
+# Policy arguments that RecurrentPPO or the encoder supply.
+_RESERVED_POLICY_KEYS = {"self", "observation_space", "action_space", "lr_schedule", "use_sde", "core"}
+# Core arguments that the policy supplies from the encoder.
+_RESERVED_CORE_KEYS = {"self", "input_size", "hidden_size", "num_tokens", "token_positions"}
+_SCHEDULE_KEYS = {"learning_rate", "clip_range", "clip_range_vf"}
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "leaky_relu": nn.LeakyReLU,
+    "silu": nn.SiLU,
+}
+
+
+class LinearDecay:
+    """Schedule ``progress_remaining -> progress_remaining * initial`` (from ``initial`` to 0).
+
+    A plain class rather than a closure so saved models unpickle it by reference.
+    """
+
+    def __init__(self, initial: float) -> None:
+        self.initial = float(initial)
+
+    def __call__(self, progress_remaining: float) -> float:
+        return progress_remaining * self.initial
+
+    def __repr__(self) -> str:
+        return f"LinearDecay({self.initial})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LinearDecay) and other.initial == self.initial
+
+    def __hash__(self) -> int:
+        return hash(("LinearDecay", self.initial))
+
+
+def parse_schedule(value: Any) -> Any:
+    """``"lin_2.5e-4"`` -> ``LinearDecay(2.5e-4)``; numeric strings -> float; anything else unchanged."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("lin_"):
+            try:
+                return LinearDecay(float(text[4:]))
+            except ValueError:
+                raise ValueError(f"bad linear schedule {value!r}: expected 'lin_<number>'") from None
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"bad schedule {value!r}: expected a number or 'lin_<number>'") from None
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Files and families
+# ----------------------------------------------------------------------------------------------
+
+
+def config_dir() -> Path:
+    """The presets folder: ``$RIMRL_CONFIG_DIR`` if set, else the repository's ``configs/``."""
+    override = os.environ.get(CONFIG_DIR_ENV)
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def resolve_family(env_family_or_id: str) -> str:
+    """A family name (``"minigrid"``, ``"atari"``, ``"vector"``) or an env id -> its family."""
+    if env_family_or_id in FAMILIES:
+        return env_family_or_id
+    try:
+        from rimrl.envs import env_family
+    except ImportError as error:  # pragma: no cover - rimrl.envs ships with the package
+        raise ValueError(f"unknown env family {env_family_or_id!r}; expected one of {list(FAMILIES)}") from error
+    try:
+        return env_family(env_family_or_id)
+    except (ValueError, KeyError) as error:
+        raise ValueError(
+            f"{env_family_or_id!r} is neither an env family {list(FAMILIES)} nor a known env id: {error}"
+        ) from None
+
+
+def load_preset(preset: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """Read a preset: a mapping (returned as a copy), a YAML path, or a name under :func:`config_dir`."""
+    if isinstance(preset, Mapping):
+        return copy.deepcopy(dict(preset))
+    path = Path(preset)
+    if not path.suffix and not path.exists():
+        path = config_dir() / f"{preset}.yml"
+    if not path.is_file():
+        raise ValueError(f"preset file {str(path)!r} not found (presets folder: {config_dir()})")
+    with open(path) as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"preset file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+
+def _signature_keys(func: Any) -> set[str]:
+    return {
+        name
+        for name, p in inspect.signature(func).parameters.items()
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
+
+
+def allowed_hyperparams() -> list[str]:
+    """Top-level preset keys: ``RecurrentPPO.__init__`` arguments (minus those make_agent sets) + ``n_envs``."""
+    return sorted((_signature_keys(RecurrentPPO.__init__) - _RESERVED_ALGO_KEYS) | _CALLER_KEYS)
+
+
+def allowed_policy_kwargs() -> list[str]:
+    """Keys of ``policy_kwargs``: :class:`ModularRecurrentPolicy` arguments RecurrentPPO does not set."""
+    return sorted(_signature_keys(ModularRecurrentPolicy.__init__) - _RESERVED_POLICY_KEYS)
+
+
+def _core_class(core: str) -> type | None:
+    from rimrl.cores import CORES
+
+    return CORES.get(core)
+
+
+def allowed_core_kwargs(core: str) -> list[str] | None:
+    """Constructor arguments of ``core`` that ``core_kwargs`` may set; ``None`` if the core is unavailable."""
+    if core not in CORE_NAMES:
+        raise ValueError(f"core must be one of {list(CORE_NAMES)}, got {core!r}")
+    core_class = _core_class(core)
+    if core_class is None:
+        return None
+    return sorted(_signature_keys(core_class.__init__) - _RESERVED_CORE_KEYS)
+
+
+def _check_keys(found: Mapping[str, Any], allowed: list[str], where: str) -> None:
+    for key in found:
+        if key not in allowed:
+            raise ValueError(f"unknown key {key!r} in {where}; allowed keys: {', '.join(allowed) or '(none)'}")
+
+
+def _import_object(path: str) -> Any:
+    module, _, name = path.partition(":")
+    if not name:
+        module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(f"cannot import {path!r} (write 'package.module:Name')") from None
+
+
+def _convert_policy_kwargs(policy_kwargs: dict[str, Any]) -> None:
+    """YAML-friendly spellings -> objects: ``activation_fn: relu``, ``*_class: 'pkg.mod:Name'``."""
+    activation = policy_kwargs.get("activation_fn")
+    if isinstance(activation, str):
+        key = activation.lower().removeprefix("nn.")
+        key = {"leakyrelu": "leaky_relu"}.get(key, key)
+        if key not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation_fn {activation!r}; allowed: {', '.join(sorted(_ACTIVATIONS))}")
+        policy_kwargs["activation_fn"] = _ACTIVATIONS[key]
+    for key in ("features_extractor_class", "optimizer_class"):
+        if isinstance(policy_kwargs.get(key), str):
+            policy_kwargs[key] = _import_object(policy_kwargs[key])
+
+
+# ----------------------------------------------------------------------------------------------
+# Merging
+# ----------------------------------------------------------------------------------------------
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base``; mappings merge, everything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _expand_dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"policy_kwargs.core_kwargs.k": 3}`` -> ``{"policy_kwargs": {"core_kwargs": {"k": 3}}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        if any(not part for part in parts):
+            raise ValueError(f"bad override key {key!r}")
+        node = nested
+        for part in parts[:-1]:
+            existing = node.get(part)
+            if not isinstance(existing, dict):
+                existing = node[part] = {}
+            node = existing
+        leaf = parts[-1]
+        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            node[leaf] = _deep_merge(node[leaf], value)
+        else:
+            node[leaf] = value
+    return nested
+
+
+def resolve_hyperparams(
+    env_family_or_id: str,
+    core: str,
+    preset: str | Path | Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Merged, validated RecurrentPPO keyword arguments for ``core`` on an env family.
+
+    :param env_family_or_id: ``"minigrid"``, ``"atari"``, ``"vector"`` or an env id (its family).
+    :param core: ``"lstm"``, ``"gru"``, ``"rim"`` or ``"srm"``.
+    :param preset: ``None`` (the family's ``configs/<family>.yml``), a preset name or YAML path, or
+        a mapping with the same layout (``default`` + per-core sections, or a flat mapping).
+    :param overrides: merged last. Keys are top-level RecurrentPPO arguments (``"learning_rate"``)
+        or dotted paths into ``policy_kwargs`` (``"policy_kwargs.core_kwargs.k"``); nested
+        mappings deep-merge.
+    :return: keyword arguments for ``RecurrentPPO`` plus ``n_envs`` (pop it before passing them on;
+        :func:`rimrl.agents.make_agent` does). Schedules are callables.
+    :raises ValueError: an unknown key (naming it and listing the allowed ones) or a bad value.
+    """
+    if core not in CORE_NAMES:
+        raise ValueError(f"core must be one of {list(CORE_NAMES)}, got {core!r}")
+    data = load_preset(resolve_family(env_family_or_id) if preset is None else preset)
+    sections = set(data) & ({"default"} | set(CORE_NAMES))
+    if sections:
+        stray = sorted(set(data) - sections)
+        if stray:
+            raise ValueError(
+                f"unknown section {stray[0]!r} in preset; allowed sections: default, {', '.join(CORE_NAMES)}"
+            )
+        params = _deep_merge(data.get("default") or {}, data.get(core) or {})
+    else:  # a flat mapping: already one core's hyperparameters
+        params = data
+    params = _deep_merge(params, _expand_dotted(overrides or {}))
+
+    _check_keys(params, allowed_hyperparams(), "hyperparameters")
+    policy_kwargs = dict(params.get("policy_kwargs") or {})
+    _check_keys(policy_kwargs, allowed_policy_kwargs(), "policy_kwargs")
+    if "core_kwargs" in policy_kwargs:
+        core_kwargs = policy_kwargs["core_kwargs"] or {}
+        if not isinstance(core_kwargs, Mapping):
+            raise ValueError(f"policy_kwargs.core_kwargs must be a mapping, got {core_kwargs!r}")
+        allowed = allowed_core_kwargs(core)
+        if allowed is not None:
+            _check_keys(core_kwargs, allowed, f"policy_kwargs.core_kwargs for core {core!r}")
+        policy_kwargs["core_kwargs"] = dict(core_kwargs)
+    _convert_policy_kwargs(policy_kwargs)
+    if policy_kwargs or "policy_kwargs" in params:
+        params["policy_kwargs"] = policy_kwargs
+    for key in _SCHEDULE_KEYS & set(params):
+        if params[key] is not None:
+            params[key] = parse_schedule(params[key])
+    if "n_envs" in params and (not isinstance(params["n_envs"], int) or params["n_envs"] < 1):
+        raise ValueError(f"n_envs must be an integer >= 1, got {params['n_envs']!r}")
+    return params
+
+
+def preset_n_envs(
+    env_family_or_id: str,
+    core: str = "lstm",
+    preset: str | Path | Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> int:
+    """The number of parallel envs the preset asks for (default 8 when it names none)."""
+    return int(resolve_hyperparams(env_family_or_id, core, preset, overrides).get("n_envs", 8))

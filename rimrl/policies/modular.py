@@ -1,0 +1,328 @@
+"""A recurrent actor-critic policy for sb3-contrib's ``RecurrentPPO`` that holds a rimrl core.
+
+``ModularRecurrentPolicy`` subclasses sb3-contrib's ``RecurrentActorCriticPolicy`` and changes
+three things, so the unmodified ``RecurrentPPO``, its rollout buffers and ``predict(obs, state,
+episode_start)`` keep working:
+
+1. ``lstm_actor`` (and ``lstm_critic`` when the critic has its own core) is a rimrl core built by
+   ``rimrl.cores.make_core`` instead of ``nn.LSTM``. Cores follow ``nn.LSTM``'s contract
+   (``(T, B, F)`` in, ``(T, B, H)`` out, ``(h, c)`` each ``(1, B, H)``, ``num_layers == 1``), so
+   sb3-contrib sizes its state buffers from ``lstm_actor.hidden_size`` as before.
+2. ``_process_sequence`` hands every padded minibatch sequence to the core in *one* call with its
+   ``episode_starts`` (the core resets rows inside its own loop). sb3-contrib's version falls
+   back to a Python loop over time steps whenever any sequence starts an episode.
+3. The default features extractor is a token encoder chosen from the observation space
+   (:func:`rimrl.policies.encoders.encoder_spec`); RIM attends over its tokens as a set, SRM
+   also receives the tokens' positions, LSTM/GRU read them flattened.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch as th
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+
+from rimrl.policies.encoders import AtariTokenEncoder, encoder_spec
+
+__all__ = [
+    "CORE_NAMES",
+    "DEFAULT_CORE_KWARGS",
+    "DEFAULT_HIDDEN_SIZE",
+    "GRUPolicy",
+    "LSTMPolicy",
+    "ModularRecurrentPolicy",
+    "ProjectedCore",
+    "RIMPolicy",
+    "SRMPolicy",
+]
+
+CORE_NAMES = ("lstm", "gru", "rim", "srm")
+
+#: ``lstm_hidden_size`` when none is given. 192 = 6 units x 32 for the modular cores (the RIM
+#: paper's 6 units); the flat cores use 128, which keeps them cheap (see docs/policies.md).
+DEFAULT_HIDDEN_SIZE: dict[str, int] = {"lstm": 128, "gru": 128, "rim": 192, "srm": 192}
+
+#: Policy-level defaults merged *under* the user's ``core_kwargs``. Dropout is off for RL: PPO
+#: collects rollouts in eval mode and trains in train mode, so attention dropout would make the
+#: trained policy differ from the one that produced the data and bias the importance ratio.
+DEFAULT_CORE_KWARGS: dict[str, dict[str, Any]] = {
+    "lstm": {},
+    "gru": {},
+    "rim": {"input_dropout": 0.0, "comm_dropout": 0.0},
+    "srm": {},
+}
+
+# Default sharing of the core between actor and critic, chosen by measurement (docs/policies.md):
+# a shared core whose value gradient flows into it.
+_DEFAULT_SHARED = True
+
+
+class ProjectedCore(nn.Module):
+    """``Linear -> ReLU`` projection of the flattened tokens in front of a flat core (LSTM/GRU).
+
+    Exposes the wrapped core's contract with ``input_size`` = the features size, so sb3-contrib's
+    reshapes (``features.reshape(n_seq, -1, lstm.input_size)``) stay correct.
+    """
+
+    def __init__(self, input_size: int, projection_size: int, core: nn.Module) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(input_size, projection_size), nn.ReLU())
+        self.core = core
+        self.input_size = input_size
+        self.hidden_size = core.hidden_size
+        self.num_layers = core.num_layers
+
+    def forward(
+        self,
+        x: th.Tensor,
+        state: tuple[th.Tensor, th.Tensor] | None = None,
+        episode_starts: th.Tensor | None = None,
+    ) -> tuple[th.Tensor, tuple[th.Tensor, th.Tensor]]:
+        """``x`` ``(T, B, input_size)`` -> ``out`` ``(T, B, H)`` and ``(h, c)`` each ``(1, B, H)``."""
+        return self.core(self.proj(x), state, episode_starts=episode_starts)
+
+
+class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
+    """sb3-contrib recurrent actor-critic policy with a rimrl core (``"lstm" | "gru" | "rim" | "srm"``).
+
+    All of ``RecurrentActorCriticPolicy``'s arguments keep their meaning; the LSTM-named ones
+    configure the core:
+
+    :param lstm_hidden_size: the core's ``hidden_size`` (``None``: :data:`DEFAULT_HIDDEN_SIZE`).
+        For RIM/SRM it must be divisible by the number of units/modules.
+    :param n_lstm_layers: must be 1 (every core is one layer).
+    :param shared_lstm: one core for actor and critic. Unlike sb3-contrib (which detaches the
+        critic's input so only the actor's gradient trains the LSTM), the value loss also trains
+        the shared core unless ``shared_core_value_grad=False``. ``None`` (default) -> shared,
+        the measured choice (docs/policies.md).
+    :param enable_critic_lstm: a separate core of the same kind and kwargs for the critic.
+        With both flags False the critic is feed-forward (sb3-contrib's ``nn.Linear``).
+    :param lstm_kwargs: not supported (use ``core_kwargs``).
+    :param core: core name; ``None`` -> the class's ``default_core``.
+    :param core_kwargs: keyword arguments for ``rimrl.cores.make_core`` (e.g. ``num_units``,
+        ``k``, ``cell``); ``num_tokens`` (RIM, SRM) and ``token_positions`` (SRM) come from the
+        encoder and must not be given. Invalid values raise ``ValueError`` here.
+    :param core_input_projection: for LSTM/GRU only: project the flattened tokens to this size
+        (``Linear + ReLU``) before the core; ``None`` feeds them directly.
+    :param shared_core_value_grad: with a shared core, let the value loss back-propagate into
+        the core and encoder (default) rather than detaching as sb3-contrib does.
+
+    Features extractor: ``None`` (default) picks a token encoder from the observation space
+    (MiniGrid cells, Atari CNN cells, or one vector token); any ``BaseFeaturesExtractor`` works,
+    a non-token one being read as a single token.
+    """
+
+    default_core: ClassVar[str] = "lstm"
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.Tanh,
+        ortho_init: bool = True,
+        use_sde: bool = False,
+        log_std_init: float = 0.0,
+        full_std: bool = True,
+        use_expln: bool = False,
+        squash_output: bool = False,
+        features_extractor_class: type[BaseFeaturesExtractor] | None = None,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        share_features_extractor: bool = True,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        lstm_hidden_size: int | None = None,
+        n_lstm_layers: int = 1,
+        shared_lstm: bool | None = None,
+        enable_critic_lstm: bool | None = None,
+        lstm_kwargs: dict[str, Any] | None = None,
+        core: str | None = None,
+        core_kwargs: dict[str, Any] | None = None,
+        core_input_projection: int | None = None,
+        shared_core_value_grad: bool = True,
+    ) -> None:
+        core = self.default_core if core is None else core
+        if core not in CORE_NAMES:
+            raise ValueError(f"core must be one of {list(CORE_NAMES)}, got {core!r}")
+        if n_lstm_layers != 1:
+            raise ValueError(f"n_lstm_layers must be 1 (rimrl cores are one layer), got {n_lstm_layers}")
+        if lstm_kwargs:
+            raise ValueError("lstm_kwargs is not supported by ModularRecurrentPolicy; use core_kwargs")
+        if core_input_projection is not None and core not in ("lstm", "gru"):
+            raise ValueError(f"core_input_projection applies to 'lstm'/'gru' only, not {core!r}")
+        for reserved in ("num_tokens", "token_positions"):
+            if core_kwargs and reserved in core_kwargs:
+                raise ValueError(f"core_kwargs must not set {reserved!r}: it comes from the features extractor")
+        shared_lstm, enable_critic_lstm = self._resolve_critic(shared_lstm, enable_critic_lstm)
+
+        hidden_size = DEFAULT_HIDDEN_SIZE[core] if lstm_hidden_size is None else int(lstm_hidden_size)
+        features_extractor_kwargs = dict(features_extractor_kwargs or {})
+        if features_extractor_class is None:
+            features_extractor_class, default_kwargs = encoder_spec(observation_space, normalize_images)
+            features_extractor_kwargs = {**default_kwargs, **features_extractor_kwargs}
+        if net_arch is None:
+            # As sb3-contrib's CnnLstmPolicy: no hidden layers after a CNN + recurrent core.
+            net_arch = [] if issubclass(features_extractor_class, AtariTokenEncoder) else dict(pi=[64, 64], vf=[64, 64])
+
+        self.core_name = core
+        self.core_kwargs = dict(core_kwargs or {})
+        self.core_input_projection = core_input_projection
+        self.shared_core_value_grad = shared_core_value_grad
+        # The parent builds throw-away nn.LSTMs (and an optimizer over them); they are replaced
+        # below. Building them costs a few milliseconds, and keeping the parent's __init__
+        # untouched is what keeps us compatible with sb3-contrib.
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch=net_arch,
+            activation_fn=activation_fn,
+            ortho_init=ortho_init,
+            use_sde=use_sde,
+            log_std_init=log_std_init,
+            full_std=full_std,
+            use_expln=use_expln,
+            squash_output=squash_output,
+            features_extractor_class=features_extractor_class,
+            features_extractor_kwargs=features_extractor_kwargs,
+            share_features_extractor=share_features_extractor,
+            normalize_images=normalize_images,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            lstm_hidden_size=hidden_size,
+            n_lstm_layers=1,
+            shared_lstm=shared_lstm,
+            enable_critic_lstm=enable_critic_lstm,
+            lstm_kwargs=None,
+        )
+        self.lstm_actor = self._make_core(self.pi_features_extractor, hidden_size)
+        if self.lstm_critic is not None:
+            self.lstm_critic = self._make_core(self.vf_features_extractor, hidden_size)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    # ------------------------------------------------------------------ construction helpers
+
+    @staticmethod
+    def _resolve_critic(shared_lstm: bool | None, enable_critic_lstm: bool | None) -> tuple[bool, bool]:
+        """Fill in the unset critic flag(s); reject the contradictory combination."""
+        if shared_lstm is None and enable_critic_lstm is None:
+            return _DEFAULT_SHARED, not _DEFAULT_SHARED
+        if shared_lstm is None:
+            return False, bool(enable_critic_lstm)
+        if enable_critic_lstm is None:
+            return bool(shared_lstm), not shared_lstm
+        if shared_lstm and enable_critic_lstm:
+            raise ValueError("shared_lstm and enable_critic_lstm are exclusive: choose a shared or a separate critic core")
+        return bool(shared_lstm), bool(enable_critic_lstm)
+
+    def _make_core(self, extractor: BaseFeaturesExtractor, hidden_size: int) -> nn.Module:
+        """Build one core for the features of ``extractor``: ``(T, B, features_dim) -> (T, B, H)``."""
+        from rimrl.cores import make_core  # local import: keeps `import rimrl.policies` light
+
+        num_tokens = int(getattr(extractor, "num_tokens", 1))
+        features_dim = int(extractor.features_dim)
+        kwargs = {**DEFAULT_CORE_KWARGS[self.core_name], **self.core_kwargs}
+        if self.core_name in ("rim", "srm"):
+            kwargs["num_tokens"] = num_tokens
+        if self.core_name == "srm":
+            positions = getattr(extractor, "token_positions", None)
+            kwargs["token_positions"] = th.zeros(num_tokens, 3) if positions is None else positions.detach().clone().cpu()
+        if self.core_input_projection is not None:
+            inner = make_core(self.core_name, int(self.core_input_projection), hidden_size, **kwargs)
+            return ProjectedCore(features_dim, int(self.core_input_projection), inner)
+        return make_core(self.core_name, features_dim, hidden_size, **kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            lstm_hidden_size=self.lstm_output_dim,
+            n_lstm_layers=1,
+            shared_lstm=self.shared_lstm,
+            enable_critic_lstm=self.enable_critic_lstm,
+            share_features_extractor=self.share_features_extractor,
+            core=self.core_name,
+            core_kwargs=self.core_kwargs,
+            core_input_projection=self.core_input_projection,
+            shared_core_value_grad=self.shared_core_value_grad,
+        )
+        return data
+
+    # ------------------------------------------------------------------ sequence processing
+
+    @staticmethod
+    def _process_sequence(
+        features: th.Tensor,
+        lstm_states: tuple[th.Tensor, th.Tensor],
+        episode_starts: th.Tensor,
+        lstm: nn.Module,
+    ) -> tuple[th.Tensor, tuple[th.Tensor, th.Tensor]]:
+        """Run padded sequences through the core in one call.
+
+        :param features: ``(n_seq * T, F)``: sb3-contrib's padded minibatch, sequence-major
+            (``T = 1`` and ``n_seq = n_envs`` during rollouts).
+        :param lstm_states: ``(h, c)`` each ``(1, n_seq, H)``: the state before each sequence.
+        :param episode_starts: ``(n_seq * T,)`` in {0, 1}.
+        :param lstm: the core.
+        :return: output ``(n_seq * T, H)`` in the same order as ``features``, and the final state.
+        """
+        n_seq = lstm_states[0].shape[1]
+        # Exactly sb3-contrib's reshapes: (n_seq * T, F) -> (n_seq, T, F) -> (T, n_seq, F).
+        features_sequence = features.reshape((n_seq, -1, lstm.input_size)).swapaxes(0, 1)
+        starts = episode_starts.reshape((n_seq, -1)).swapaxes(0, 1)
+        output, states = lstm(features_sequence, lstm_states, episode_starts=starts)
+        # (T, n_seq, H) -> (n_seq, T, H) -> (n_seq * T, H)
+        return th.flatten(output.transpose(0, 1), start_dim=0, end_dim=1), states
+
+    def evaluate_actions(
+        self, obs: th.Tensor, actions: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """Values ``(N, 1)``, log-probs ``(N,)`` and entropy ``(N,)`` for a padded minibatch.
+
+        Same as sb3-contrib's except that a shared core passes the value gradient through
+        (``shared_core_value_grad``), as in standard shared-trunk PPO.
+        """
+        if not (self.shared_lstm and self.shared_core_value_grad):
+            return super().evaluate_actions(obs, actions, lstm_states, episode_starts)
+        features = self.extract_features(obs)
+        latent, _ = self._process_sequence(features, lstm_states.pi, episode_starts, self.lstm_actor)
+        latent_pi = self.mlp_extractor.forward_actor(latent)
+        latent_vf = self.mlp_extractor.forward_critic(latent)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
+
+    @property
+    def core(self) -> nn.Module:
+        """The actor's core (unwrapped from a :class:`ProjectedCore`), e.g. for ``last_active_mask``."""
+        return self.lstm_actor.core if isinstance(self.lstm_actor, ProjectedCore) else self.lstm_actor
+
+
+class LSTMPolicy(ModularRecurrentPolicy):
+    """:class:`ModularRecurrentPolicy` with ``core="lstm"``."""
+
+    default_core = "lstm"
+
+
+class GRUPolicy(ModularRecurrentPolicy):
+    """:class:`ModularRecurrentPolicy` with ``core="gru"`` (its ``c`` state is all zeros)."""
+
+    default_core = "gru"
+
+
+class RIMPolicy(ModularRecurrentPolicy):
+    """:class:`ModularRecurrentPolicy` with ``core="rim"`` (hidden 192 = 6 units x 32, k = 4)."""
+
+    default_core = "rim"
+
+
+class SRMPolicy(ModularRecurrentPolicy):
+    """:class:`ModularRecurrentPolicy` with ``core="srm"`` (needs ``rimrl.cores`` to provide SRM)."""
+
+    default_core = "srm"

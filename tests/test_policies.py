@@ -1,0 +1,409 @@
+"""rimrl.policies: encoders, the one-call sequence path, training, and save/load across processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.env_util import make_vec_env
+
+from rimrl.cores import CORES
+from rimrl.policies import (
+    POLICIES,
+    AtariTokenEncoder,
+    LSTMPolicy,
+    MiniGridTokenEncoder,
+    ModularRecurrentPolicy,
+    ProjectedCore,
+    RIMPolicy,
+    VectorTokenEncoder,
+    make_encoder,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+AVAILABLE_CORES = [name for name in ("lstm", "gru", "rim", "srm") if name in CORES]
+# Small, fast PPO settings for smoke training.
+FAST = dict(n_steps=64, batch_size=128, n_epochs=2, learning_rate=3e-4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: faster for these tiny models on 2 cores, and bit-stable results."""
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(threads)
+
+
+def suite_env(n_envs: int = 4, seed: int = 0):
+    from rimrl.envs import make_env
+
+    return make_env("rimrl/Pickup-Train-v0", n_envs=n_envs, seed=seed)
+
+
+def imgobs_env(n_envs: int = 4, seed: int = 0):
+    import minigrid  # noqa: F401
+    from minigrid.wrappers import ImgObsWrapper
+
+    return make_vec_env("MiniGrid-Fetch-8x8-N3-v0", n_envs=n_envs, seed=seed, wrapper_class=ImgObsWrapper)
+
+
+def small_policy_kwargs(core: str) -> dict:
+    if core in ("rim", "srm"):
+        return dict(lstm_hidden_size=48)
+    return dict(lstm_hidden_size=32)
+
+
+# ------------------------------------------------------------------------------------------ encoders
+
+
+def test_minigrid_encoder_dict_space_tokens_and_positions():
+    from rimrl.envs import grid_dict_space
+
+    space = grid_dict_space(include_target=True)
+    encoder = make_encoder(space, token_dim=8)
+    assert isinstance(encoder, MiniGridTokenEncoder)
+    assert (encoder.num_tokens, encoder.token_dim, encoder.features_dim) == (51, 8, 51 * 8)
+    pos = encoder.token_positions
+    assert pos.shape == (51, 3)
+    # Agent cell (x=3, y=6): straight ahead offset 0, nearest row; the far-left-ahead corner (0, 0).
+    assert pos[3 * 7 + 6].tolist() == [0.0, -1.0, 0.0]
+    assert pos[0].tolist() == [-1.0, 1.0, 0.0]
+    # Every token has a distinct position; extras are off the cell plane.
+    assert len({tuple(p) for p in pos.tolist()}) == 51
+    assert pos[49, 2] != 0 and pos[50, 2] != 0 and pos[49, 2] != pos[50, 2]
+    assert "token_positions" in dict(encoder.named_buffers())
+
+    obs = {k: th.as_tensor(np.stack([s.sample() for _ in range(5)])).float() for k, s in space.spaces.items()}
+    features = encoder(obs)
+    assert features.shape == (5, 51 * 8)
+    # Token-major flattening: token i occupies features[:, i*D:(i+1)*D].
+    assert th.equal(features.view(5, 51, 8), encoder.tokens(obs))
+    # Without a target entry: 49 cells + direction.
+    assert make_encoder(grid_dict_space(include_target=False)).num_tokens == 50
+
+
+def test_minigrid_encoder_recovers_indices_from_normalized_image():
+    """ImgObsWrapper's 0..255 box, transposed to (3, 7, 7) and divided by 255 by SB3, gives the
+    same tokens as the raw (7, 7, 3) indices."""
+    img_first = spaces.Box(0, 255, (3, 7, 7), np.uint8)
+    img_last = spaces.Box(0, 255, (7, 7, 3), np.uint8)
+    normalized = make_encoder(img_first)
+    raw = MiniGridTokenEncoder(img_last, normalized_images=False)
+    raw.load_state_dict(normalized.state_dict())
+    grid = th.stack([th.randint(0, 11, (4, 7, 7)), th.randint(0, 6, (4, 7, 7)), th.randint(0, 3, (4, 7, 7))], -1)
+    grid = grid.float()
+    out_norm = normalized(grid.permute(0, 3, 1, 2) / 255.0)
+    assert th.equal(out_norm, raw(grid))
+    # Indices are what matter: a different object index changes exactly that cell's token.
+    bumped = grid.clone()
+    bumped[0, 2, 5, 0] = (bumped[0, 2, 5, 0] + 1) % 11
+    diff = (raw.tokens(bumped) - raw.tokens(grid)).abs().sum(-1)
+    assert diff[0].nonzero().flatten().tolist() == [2 * 7 + 5] and diff[1:].sum() == 0
+
+
+def test_atari_and_vector_encoders():
+    atari = make_encoder(spaces.Box(0, 255, (4, 84, 84), np.uint8))
+    assert isinstance(atari, AtariTokenEncoder)
+    assert (atari.num_tokens, atari.token_dim, atari.token_positions.shape) == (49, 64, (49, 3))
+    assert atari(th.rand(2, 4, 84, 84)).shape == (2, 49 * 64)
+    vector = make_encoder(spaces.Box(-1, 1, (4,), np.float32))
+    assert isinstance(vector, VectorTokenEncoder)
+    assert (vector.num_tokens, vector.token_dim) == (1, 4)
+    x = th.randn(3, 4)
+    assert th.equal(vector(x), x)  # the raw vector is the token
+
+
+# ----------------------------------------------------------------------------------- construction
+
+
+def test_policy_classes_and_defaults():
+    env = suite_env(n_envs=2)
+    for core in AVAILABLE_CORES:
+        model = RecurrentPPO(POLICIES[core], env, n_steps=8, batch_size=16)
+        policy = model.policy
+        assert isinstance(policy, ModularRecurrentPolicy) and policy.core_name == core
+        assert isinstance(policy.features_extractor, MiniGridTokenEncoder)
+        assert type(policy.lstm_actor) is CORES[core]
+        assert policy.lstm_actor.num_layers == 1
+        # Default: one shared core (value gradient flows into it), no separate critic core.
+        assert policy.shared_lstm and policy.lstm_critic is None
+        assert model._last_lstm_states.pi[0].shape == (1, 2, policy.lstm_actor.hidden_size)
+    if "rim" in AVAILABLE_CORES:
+        rim = RecurrentPPO(RIMPolicy, env, n_steps=8, batch_size=16).policy.lstm_actor
+        assert rim.num_tokens == 51 and rim.hidden_size % rim.num_units == 0
+    env.close()
+
+
+def test_separate_critic_and_projection():
+    env = suite_env(n_envs=2)
+    model = RecurrentPPO(
+        LSTMPolicy, env, n_steps=8, batch_size=16, policy_kwargs=dict(enable_critic_lstm=True, core_input_projection=24)
+    )
+    policy = model.policy
+    assert not policy.shared_lstm and policy.lstm_critic is not None
+    assert isinstance(policy.lstm_actor, ProjectedCore) and policy.lstm_actor.input_size == policy.features_dim
+    assert policy.core.input_size == 24
+    model.learn(16)
+    # sb3-contrib's feed-forward critic (both flags off) still works.
+    ff = RecurrentPPO(LSTMPolicy, env, n_steps=8, batch_size=16, policy_kwargs=dict(shared_lstm=False, enable_critic_lstm=False))
+    assert ff.policy.lstm_critic is None and ff.policy.critic is not None
+    ff.learn(16)
+    env.close()
+
+
+@pytest.mark.parametrize(
+    "policy_kwargs, match",
+    [
+        (dict(core_kwargs=dict(num_units=6, k=7)), "k"),
+        (dict(lstm_hidden_size=100), "hidden_size"),  # not divisible by 6 units
+        (dict(core_kwargs=dict(cell="rnn")), "cell"),
+        (dict(core_kwargs=dict(num_tokens=3)), "num_tokens"),
+        (dict(core_input_projection=32), "core_input_projection"),
+        (dict(n_lstm_layers=2), "n_lstm_layers"),
+        (dict(shared_lstm=True, enable_critic_lstm=True), "exclusive"),
+        (dict(core="transformer"), "core"),
+    ],
+)
+def test_invalid_hyperparameters_raise_value_error(policy_kwargs, match):
+    env = make_vec_env("CartPole-v1", n_envs=1)
+    with pytest.raises(ValueError, match=match):
+        RecurrentPPO(RIMPolicy, env, n_steps=8, batch_size=8, policy_kwargs=policy_kwargs)
+
+
+# ------------------------------------------------------------------------------ one-call sequences
+
+
+def _random_sequences(n_seq: int, seq_len: int, features: int, hidden: int, seed: int = 0):
+    gen = th.Generator().manual_seed(seed)
+    x = th.randn(n_seq * seq_len, features, generator=gen)
+    starts = (th.rand(n_seq * seq_len, generator=gen) < 0.15).float()  # starts anywhere, t > 0 included
+    states = (th.randn(1, n_seq, hidden, generator=gen), th.randn(1, n_seq, hidden, generator=gen))
+    return x, starts, states
+
+
+@pytest.mark.parametrize("core", AVAILABLE_CORES)
+def test_one_call_sequence_matches_per_step_loop(core):
+    """Our _process_sequence (one core call) == sb3-contrib's per-step loop, resets mid-sequence included."""
+    env = suite_env(n_envs=1)
+    policy = RecurrentPPO(POLICIES[core], env, n_steps=8, batch_size=8, policy_kwargs=small_policy_kwargs(core)).policy
+    policy.set_training_mode(False)
+    core_module = policy.lstm_actor
+    x, starts, states = _random_sequences(5, 17, core_module.input_size, core_module.hidden_size)
+    with th.no_grad():
+        ours, ours_state = policy._process_sequence(x, states, starts, core_module)
+        theirs, theirs_state = RecurrentActorCriticPolicy._process_sequence(x, states, starts, core_module)
+    assert ours.shape == (5 * 17, core_module.hidden_size)
+    th.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    th.testing.assert_close(ours_state[0], theirs_state[0], rtol=0, atol=1e-5)
+    env.close()
+
+
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_lstm_one_call_matches_sb3_contrib_on_rollout_minibatch(critic):
+    """On a real rollout-buffer minibatch, log-probs and values of the one-call path equal
+    sb3-contrib's own per-step path (max abs diff < 1e-5)."""
+    env = make_vec_env("CartPole-v1", n_envs=4, seed=0)  # short random episodes: many resets
+    kwargs = dict(enable_critic_lstm=True) if critic == "separate" else {}
+    model = RecurrentPPO(LSTMPolicy, env, n_steps=64, batch_size=128, n_epochs=1, seed=0, policy_kwargs=kwargs)
+    model.learn(256)
+    policy = model.policy
+    policy.set_training_mode(False)
+    batches = list(model.rollout_buffer.get(128))
+    assert any(float(b.episode_starts.sum()) > 0 for b in batches), "minibatches must contain episode starts"
+    for batch in batches:
+        actions = batch.actions.long().flatten()
+        with th.no_grad():
+            ours = policy.evaluate_actions(batch.observations, actions, batch.lstm_states, batch.episode_starts)
+            with mock.patch.object(policy, "_process_sequence", RecurrentActorCriticPolicy._process_sequence):
+                theirs = policy.evaluate_actions(batch.observations, actions, batch.lstm_states, batch.episode_starts)
+        mask = batch.mask > 0
+        for a, b in zip(ours[:2], theirs[:2], strict=True):
+            assert (a.flatten()[mask] - b.flatten()[mask]).abs().max().item() < 1e-5
+    env.close()
+
+
+def test_shared_core_value_gradient_reaches_core():
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    for grad, expect in ((True, True), (False, False)):
+        model = RecurrentPPO(LSTMPolicy, env, n_steps=16, batch_size=32, policy_kwargs=dict(shared_core_value_grad=grad))
+        model.learn(32)
+        batch = next(model.rollout_buffer.get(32))
+        policy = model.policy
+        policy.zero_grad()
+        values, _, _ = policy.evaluate_actions(
+            batch.observations, batch.actions.long().flatten(), batch.lstm_states, batch.episode_starts
+        )
+        values.sum().backward()
+        core_grad = sum(p.grad.abs().sum().item() for p in policy.lstm_actor.parameters() if p.grad is not None)
+        assert (core_grad > 0) is expect
+    env.close()
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+@pytest.mark.parametrize("core", AVAILABLE_CORES)
+@pytest.mark.parametrize("env_kind", ["minigrid", "cartpole"])
+def test_each_core_trains(core, env_kind):
+    env = suite_env(n_envs=4) if env_kind == "minigrid" else make_vec_env("CartPole-v1", n_envs=4, seed=0)
+    model = RecurrentPPO(POLICIES[core], env, seed=0, policy_kwargs=small_policy_kwargs(core), **FAST)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(1024)
+    assert model.num_timesteps >= 1024
+    after = list(model.policy.parameters())
+    assert all(th.isfinite(p).all() for p in after)
+    assert any(not th.equal(a, b) for a, b in zip(before, after, strict=True))
+    env.close()
+
+
+def test_imgobs_env_trains():
+    env = imgobs_env(n_envs=4)
+    model = RecurrentPPO(LSTMPolicy, env, seed=0, **FAST)
+    assert model.observation_space.shape == (3, 7, 7)  # VecTransposeImage
+    assert isinstance(model.policy.features_extractor, MiniGridTokenEncoder)
+    model.learn(512)
+    env.close()
+
+
+# -------------------------------------------------------------------------------- save / fresh load
+
+_LOADER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import torch as th
+    from sb3_contrib import RecurrentPPO  # rimrl is NOT imported here: unpickling must find it
+
+    th.set_num_threads(1)
+    data = dict(np.load(sys.argv[2]))
+    obs_keys = [k for k in data if k.startswith("obs.")]
+    out = {}
+    for path in sys.argv[3:]:
+        model = RecurrentPPO.load(path, device="cpu")
+        state, actions, hs, cs = None, [], [], []
+        for t in range(len(data["starts"])):
+            obs = {k[4:]: data[k][t] for k in obs_keys}
+            action, state = model.predict(obs, state=state, episode_start=data["starts"][t], deterministic=True)
+            actions.append(action); hs.append(state[0]); cs.append(state[1])
+        name = path.rsplit("/", 1)[-1]
+        out[name + ".actions"], out[name + ".h"], out[name + ".c"] = np.stack(actions), np.stack(hs), np.stack(cs)
+    np.savez(sys.argv[1], **out)
+    """
+)
+
+
+def _predict_sequence(model: RecurrentPPO, data: dict[str, np.ndarray]):
+    obs_keys = [k for k in data if k.startswith("obs.")]
+    state, actions, hs, cs = None, [], [], []
+    for t in range(len(data["starts"])):
+        obs = {k[4:]: data[k][t] for k in obs_keys}
+        action, state = model.predict(obs, state=state, episode_start=data["starts"][t], deterministic=True)
+        actions.append(action)
+        hs.append(state[0])
+        cs.append(state[1])
+    return np.stack(actions), np.stack(hs), np.stack(cs)
+
+
+def test_save_then_load_in_fresh_process_gives_identical_predictions(tmp_path):
+    env = suite_env(n_envs=2, seed=3)
+    # A fixed observation sequence with episode starts, from random play.
+    obs = env.reset()
+    rng = np.random.default_rng(0)
+    record: dict[str, list] = {f"obs.{k}": [] for k in obs}
+    record["starts"] = []
+    starts = np.ones(2, dtype=bool)
+    for _ in range(40):
+        for k in obs:
+            record[f"obs.{k}"].append(obs[k])
+        record["starts"].append(starts)
+        obs, _, dones, _ = env.step(rng.integers(0, env.action_space.n, size=2))
+        starts = dones
+    data = {k: np.stack(v) for k, v in record.items()}
+    assert data["starts"][1:].any(), "the sequence should contain episode resets"
+    np.savez(tmp_path / "seq.npz", **data)
+
+    models, paths = {}, []
+    for core in AVAILABLE_CORES:
+        model = RecurrentPPO(POLICIES[core], env, seed=0, policy_kwargs=small_policy_kwargs(core), **FAST)
+        model.learn(128)
+        path = str(tmp_path / core)
+        model.save(path)
+        models[core], paths = model, [*paths, path + ".zip"]
+    script = tmp_path / "load.py"
+    script.write_text(_LOADER)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "out.npz"), str(tmp_path / "seq.npz"), *paths],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = np.load(tmp_path / "out.npz")
+    for core, model in models.items():
+        actions, h, c = _predict_sequence(model, data)
+        name = f"{core}.zip"
+        np.testing.assert_array_equal(loaded[f"{name}.actions"], actions)
+        np.testing.assert_array_equal(loaded[f"{name}.h"], h)
+        np.testing.assert_array_equal(loaded[f"{name}.c"], c)
+        # The fresh process rebuilt the same policy class, core and encoder buffers.
+        reloaded = RecurrentPPO.load(paths[AVAILABLE_CORES.index(core)], device="cpu")
+        assert type(reloaded.policy) is type(model.policy)
+        th.testing.assert_close(
+            reloaded.policy.features_extractor.token_positions, model.policy.features_extractor.token_positions
+        )
+    env.close()
+
+
+def test_gym_env_spaces_unchanged_by_policy():
+    """The policy must not need anything from the env beyond its spaces (works on a plain gym env)."""
+    env = gym.make("CartPole-v1")
+    model = RecurrentPPO(LSTMPolicy, env, n_steps=16, batch_size=16)
+    action, state = model.predict(env.reset(seed=0)[0], episode_start=np.ones(1, dtype=bool))
+    assert env.action_space.contains(int(action)) and state[0].shape == (1, 1, model.policy.lstm_output_dim)
+
+
+class _FakeAtari(gym.Env):
+    """A (4, 84, 84) uint8 frame stack with random pixels; 4 actions; 20-step episodes."""
+
+    observation_space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    action_space = spaces.Discrete(4)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.observation_space.sample(), float(action == 0), self.t >= 20, False, {}
+
+
+def test_atari_shaped_env_uses_cnn_tokens():
+    env = make_vec_env(_FakeAtari, n_envs=2, seed=0)
+    model = RecurrentPPO(RIMPolicy, env, n_steps=16, batch_size=32, n_epochs=1)
+    policy = model.policy
+    assert isinstance(policy.features_extractor, AtariTokenEncoder)
+    assert policy.lstm_actor.num_tokens == 49 and policy.net_arch == []
+    model.learn(32)
+    env.close()
+
+
+def test_features_extractor_override():
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+
+    env = make_vec_env("CartPole-v1", n_envs=1)
+    policy = RecurrentPPO(RIMPolicy, env, n_steps=8, batch_size=8,
+                          policy_kwargs=dict(features_extractor_class=FlattenExtractor)).policy
+    assert type(policy.features_extractor) is FlattenExtractor and policy.lstm_actor.num_tokens == 1
+    policy = RecurrentPPO(LSTMPolicy, env, n_steps=8, batch_size=8,
+                          policy_kwargs=dict(features_extractor_kwargs=dict(token_dim=8))).policy
+    assert isinstance(policy.features_extractor, VectorTokenEncoder) and policy.features_extractor.token_dim == 8
