@@ -51,13 +51,18 @@ class CopyModel(nn.Module):
 
 
 def build_core(spec: str, units: int, k: int) -> nn.Module:
-    """``"rim:600"`` -> a RIM with 600 hidden units in ``units`` blocks; ``"lstm:300"`` -> an LSTM."""
+    """``"rim:600"`` -> a RIM with 600 hidden units in ``units`` blocks (``"srm:600"``: an SRM with
+    ``units`` modules); ``"lstm:300"`` -> an LSTM."""
     name, _, size = spec.partition(":")
     hidden = int(size)
     if name == "rim":
         return make_core("rim", VOCAB, hidden, num_units=units, k=k)
     if name == "srm":
-        return make_core("srm", VOCAB, hidden, num_modules=units, k=k)
+        # One token per step (the one-hot symbol) at one fixed position: every module's kernel
+        # covers it, so the geometry shapes communication and k caps the active modules.
+        return make_core(
+            "srm", VOCAB, hidden, num_modules=units, k=k, num_tokens=1, token_positions=torch.zeros(1, 1)
+        )
     if name in ("lstm", "gru"):
         return make_core(name, VOCAB, hidden)
     raise ValueError(f"model spec must be <core>:<hidden> with core in {sorted(CORES)}, got {spec!r}")

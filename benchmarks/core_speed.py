@@ -4,6 +4,7 @@ Every core sees the same ``(T, B, input)`` batch in one process; the reference L
 before and after each core and the ratio uses their mean, so drift on a shared machine cancels.
 
     python benchmarks/core_speed.py                 # T=64, B=64, input 256, hidden 384, 6 units, k=4
+                                                    # (+ SRM on 49 tokens of 16: input 784)
     python benchmarks/core_speed.py --threads 2 --json benchmarks/out/core_speed.json
 """
 
@@ -22,11 +23,24 @@ from rimrl.cores import make_core
 def core_factories(args: argparse.Namespace) -> list[tuple[str, int, Callable[[], nn.Module]]]:
     """``(label, num_tokens, factory)`` for every core under test."""
     rim = {"num_units": args.units, "k": args.k}
+    srm = {"num_modules": args.units}  # SRM's default cells are LSTMs
+    # SRM on a 7x7 grid of tokens (a MiniGrid view / CNN feature map), compared with an nn.LSTM
+    # that reads the same 49 * grid_token_dim inputs flattened.
+    grid = torch.cartesian_prod(torch.linspace(-1.0, 1.0, 7), torch.linspace(-1.0, 1.0, 7))
+    grid_input = 49 * args.grid_token_dim
     return [
         ("rimrl LSTM", 1, lambda: make_core("lstm", args.input, args.hidden)),
         ("rimrl GRU", 1, lambda: make_core("gru", args.input, args.hidden)),
         ("RIM (lstm cells)", 1, lambda: make_core("rim", args.input, args.hidden, cell="lstm", **rim)),
         ("RIM (gru cells)", 1, lambda: make_core("rim", args.input, args.hidden, cell="gru", **rim)),
+        ("SRM (gru cells)", 1, lambda: make_core("srm", args.input, args.hidden, cell="gru", **srm)),
+        ("SRM (lstm cells)", 1, lambda: make_core("srm", args.input, args.hidden, cell="lstm", **srm)),
+        ("SRM (lstm cells, top-k)", 1, lambda: make_core("srm", args.input, args.hidden, k=args.k, **srm)),
+        (
+            f"SRM (lstm cells, 7x7 grid, input {grid_input})",
+            49,
+            lambda: make_core("srm", grid_input, args.hidden, num_tokens=49, token_positions=grid, **srm),
+        ),
     ]
 
 
@@ -47,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--units", type=int, default=6)
     parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--grid-token-dim", type=int, default=16, help="token size of the 49-token SRM row (MiniGrid encoder: 16)")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
@@ -54,17 +69,25 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    x = torch.randn(args.seq_len, args.batch, args.input)
-    reference = nn.LSTM(args.input, args.hidden)
+    # One input batch and one reference nn.LSTM per input size (the grid rows read more inputs).
+    inputs: dict[int, tuple[torch.Tensor, nn.LSTM]] = {}
+
+    def batch_and_reference(input_size: int) -> tuple[torch.Tensor, nn.LSTM]:
+        if input_size not in inputs:
+            inputs[input_size] = (torch.randn(args.seq_len, args.batch, input_size), nn.LSTM(input_size, args.hidden))
+        return inputs[input_size]
+
+    batch_and_reference(args.input)
     rows, results = [], []
     for label, num_tokens, factory in core_factories(args):
         core = factory().train()
+        x, reference = batch_and_reference(core.input_size)
         ref_before = time_fwd_bwd(reference, x, args.repeats)
         seconds = time_fwd_bwd(core, x, args.repeats)
         ref_after = time_fwd_bwd(reference, x, args.repeats)
         ref = (ref_before + ref_after) / 2
         rows.append([label, num_tokens, seconds * 1e3, ref * 1e3, seconds / ref])
-        results.append({"core": label, "num_tokens": num_tokens, "seconds": seconds, "lstm_seconds": ref, "ratio": seconds / ref})
+        results.append({"core": label, "num_tokens": num_tokens, "input_size": core.input_size, "seconds": seconds, "lstm_seconds": ref, "ratio": seconds / ref})
     print_table(
         f"forward+backward per sequence, T={args.seq_len} B={args.batch} input={args.input} "
         f"hidden={args.hidden} ({args.threads} thread(s))",

@@ -20,7 +20,7 @@ learned positional encoder; a truncated kernel on the sphere decides who reads w
    optional ``k`` keeps only the k active modules with the most attention on real tokens
    ``1 - A_m∅`` (hard, no gradient). The support depends only on the embeddings and the fixed
    positions, so without ``k`` the active set is the same for every row and step of a call.
-3. Dynamics. ``h~_m = Cell_m(Σ_i A_mi v_i, h_m)``: one GRU/LSTM per module (grouped matmul).
+3. Dynamics. ``h~_m = Cell_m(Σ_i A_mi v_i, h_m)``: one LSTM/GRU per module (grouped matmul).
 4. Kernel-modulated communication (residual, active modules only)::
 
        h_m <- h~_m + Σ_n softmax_n(q_m·k_n / √d_c + log K(p_m, p_n)) v_n
@@ -36,24 +36,53 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Real
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rimrl.cores.base import (
-    RecurrentCore,
-    State,
-    check_divisible,
-    check_positive,
-    check_probability,
-)
-from rimrl.cores.grouped import CELL_KINDS, GroupedLinear, make_grouped_cell
+from rimrl.cores.modular import ModularCore
 
 #: Kernel weight of the null slot in the input attention (``log K_∅ = 0``).
 NULL_KERNEL_WEIGHT = 1.0
 #: At init, the fraction of the positional encoder's mean output removed from its output bias.
 _INIT_CENTRING = 0.8
+
+
+class PositionEncoder(nn.Module):
+    """``f``: fixed positions ``(N, P)`` -> ``(N, d)`` (not yet normalised); ``P -> hidden -> d``, tanh.
+
+    Its parameters are stored divided by ``lr_scale`` and multiplied back in ``forward``. The
+    function is the plain MLP's, but an optimiser with per-parameter normalised steps (Adam,
+    RMSprop) changes it ``lr_scale`` times slower (plain SGD: ``lr_scale**2``). Why: the encoder has
+    far more parameters than a module embedding, so at the same step size it moves the encoded
+    positions tens of times faster than the modules move — fast enough for a consistent gradient
+    to carry tokens out of every kernel support within a few dozen updates, after which the
+    modules that lost them are inactive for good (no token, no input gradient to bring them back).
+    """
+
+    def __init__(self, in_features: int, hidden_size: int, out_features: int, lr_scale: float) -> None:
+        super().__init__()
+        self.first = nn.Linear(in_features, hidden_size)
+        self.last = nn.Linear(hidden_size, out_features)
+        self.lr_scale = float(lr_scale)
+        with torch.no_grad():
+            for param in self.parameters():
+                param.div_(self.lr_scale)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        scale = self.lr_scale
+        hidden = torch.tanh(F.linear(positions, self.first.weight * scale, self.first.bias * scale))
+        return F.linear(hidden, self.last.weight * scale, self.last.bias * scale)
+
+    @torch.no_grad()
+    def affine_output_(self, scale: float = 1.0, shift: torch.Tensor | None = None) -> None:
+        """In place: ``f <- scale * f + shift`` (edits the output layer)."""
+        self.last.weight.mul_(scale)
+        self.last.bias.mul_(scale)
+        if shift is not None:
+            self.last.bias.add_(shift / self.lr_scale)
 
 
 def truncated_kernel_log(u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float, tau: float) -> torch.Tensor:
@@ -66,7 +95,7 @@ def truncated_kernel_log(u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor |
     return torch.where(dots >= tau, (dots - 1.0) / sigma, torch.full_like(dots, -math.inf))
 
 
-class SRM(RecurrentCore):
+class SRM(ModularCore):
     """Spatially Structured Recurrent Modules with the rimrl core contract.
 
     Args:
@@ -85,7 +114,12 @@ class SRM(RecurrentCore):
             truncates (every module reads every token).
         learn_sigma: learn σ (stored as ``log σ``, so it stays positive).
         k: optional cap on the number of active modules per step and row, ``1 <= k <= M``.
-        cell: ``"gru"`` (S2GRU) or ``"lstm"``. For ``"gru"`` the returned ``c`` is all zeros.
+        cell: ``"lstm"`` or ``"gru"`` (the paper's S2GRU). For ``"gru"`` the returned ``c`` is all
+            zeros. LSTM is the default because its ``h = o * tanh(c)`` is bounded before the
+            communication residual is added; a GRU carries ``h`` (residuals included) into its
+            next state, so the state can grow without bound over long rollouts (measured on the
+            copying task: GRU cells blew up in training and at the 4x longer test delay, LSTM
+            cells did not; see docs/srm.md).
         input_key_size, num_input_heads: key size per head and heads of the input attention.
         input_value_size: value size per head of the input attention (default: module size).
         comm_key_size, num_comm_heads: key size per head and heads of the communication.
@@ -97,6 +131,8 @@ class SRM(RecurrentCore):
             collects rollouts in eval mode and trains in train mode, so dropout there would make
             the trained policy differ from the one that produced the data.
         position_hidden_size: width of the positional encoder MLP ``P -> hidden -> d``.
+        position_lr_scale: in ``(0, 1]``; the positional encoder learns this many times slower
+            than the rest under Adam-type optimisers (see :class:`PositionEncoder`).
 
     After each call, ``last_active_mask`` holds the ``(T, B, M)`` bool mask of active modules
     (detached). With ``record_attention = True`` the call also stores ``last_input_attention``
@@ -104,14 +140,18 @@ class SRM(RecurrentCore):
 
     Initialisation rule (every token covered, no module empty): the positional encoder's output
     bias is first shifted by ``-0.8`` times its mean output, so the initial encoded positions
-    spread over the sphere instead of a small cap. Farthest-point sampling over the initial encoded
-    positions ``s_i`` picks M seed tokens (first the one nearest the mean
-    direction, then repeatedly the one farthest from all chosen ones); a few spherical k-means
-    iterations move each seed to the normalised mean of the tokens nearest it. The k-means centres
-    are used if every token lies inside some support and every support holds a token; otherwise
-    the seeds themselves (each covers its own token); if some token is still outside every
-    support, the positional encoder's output bias is pushed along the mean direction — which pulls
-    all encoded positions together on the sphere — by a growing amount until both conditions hold.
+    spread over the sphere instead of a small cap, and its output is rescaled to unit mean norm.
+    Farthest-point sampling over the initial encoded positions ``s_i`` picks M seed tokens (first
+    the one nearest the mean direction, then repeatedly the one farthest from all chosen ones); a
+    few spherical k-means iterations move each seed to the normalised mean of the tokens nearest
+    it. The k-means centres are used if every token lies inside some support and every support
+    holds a token; otherwise the seeds themselves (each covers its own token). Modules that land
+    on the same point (fewer distinct tokens than modules, e.g. a single token) are first moved
+    apart by half the support radius in random tangent directions, which keeps the point inside
+    all their supports (their kernel gradient would otherwise vanish and keep them coincident).
+    If some token is still outside every support, the positional encoder's output bias is pushed
+    along the mean direction — which pulls all encoded positions together on the sphere — by a
+    growing amount until both conditions hold.
     """
 
     def __init__(
@@ -126,7 +166,7 @@ class SRM(RecurrentCore):
         tau: float = 0.5,
         learn_sigma: bool = False,
         k: int | None = None,
-        cell: str = "gru",
+        cell: str = "lstm",
         input_key_size: int = 64,
         input_value_size: int | None = None,
         num_input_heads: int = 1,
@@ -136,62 +176,44 @@ class SRM(RecurrentCore):
         input_dropout: float = 0.0,
         comm_dropout: float = 0.0,
         position_hidden_size: int = 64,
+        position_lr_scale: float = 0.05,
     ) -> None:
-        super().__init__(input_size, hidden_size)
-        check_positive("num_modules", num_modules)
-        check_positive("num_tokens", num_tokens)
-        check_divisible("hidden_size", hidden_size, "num_modules", num_modules)
-        check_divisible("input_size", input_size, "num_tokens", num_tokens)
         if not isinstance(embedding_dim, int) or isinstance(embedding_dim, bool) or embedding_dim < 2:
             raise ValueError(f"embedding_dim must be an integer >= 2, got {embedding_dim!r}")
-        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        if not (isinstance(sigma, Real) and math.isfinite(sigma) and sigma > 0):
             raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
-        if not (isinstance(tau, (int, float)) and -1.0 <= tau < 1.0):
+        if not (isinstance(position_lr_scale, Real) and 0.0 < position_lr_scale <= 1.0):
+            raise ValueError(f"position_lr_scale must be in (0, 1], got {position_lr_scale!r}")
+        if not (isinstance(tau, Real) and -1.0 <= tau < 1.0):
             raise ValueError(f"tau must be in [-1, 1), got {tau!r}")
-        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_modules):
-            raise ValueError(f"k must be None or an integer in [1, num_modules={num_modules}], got {k!r}")
-        if cell not in CELL_KINDS:
-            raise ValueError(f"cell must be one of {CELL_KINDS}, got {cell!r}")
+        if not isinstance(position_hidden_size, int) or position_hidden_size < 1:
+            raise ValueError(f"position_hidden_size must be an integer >= 1, got {position_hidden_size!r}")
         positions = self._check_positions(token_positions, num_tokens)
-        module_size = hidden_size // num_modules
-        input_value_size = module_size if input_value_size is None else input_value_size
-        if comm_value_size is None:
-            divides = num_comm_heads > 0 and module_size % num_comm_heads == 0
-            comm_value_size = module_size // num_comm_heads if divides else module_size
-        for name, value in (
-            ("input_key_size", input_key_size),
-            ("input_value_size", input_value_size),
-            ("num_input_heads", num_input_heads),
-            ("comm_key_size", comm_key_size),
-            ("comm_value_size", comm_value_size),
-            ("num_comm_heads", num_comm_heads),
-            ("position_hidden_size", position_hidden_size),
-        ):
-            check_positive(name, value)
-        check_probability("input_dropout", input_dropout)
-        check_probability("comm_dropout", comm_dropout)
-
-        self.num_modules, self.k, self.cell_kind = num_modules, k, cell
-        self.num_tokens, self.token_dim, self.module_size = num_tokens, input_size // num_tokens, module_size
+        # Built before the shared layers so seeded initialisations keep their order of draws.
+        position_encoder = PositionEncoder(positions.shape[1], position_hidden_size, embedding_dim, position_lr_scale)
+        # Attention, cells and communication: the layers RIM has (rimrl.cores.modular).
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_units=num_modules,
+            k=k,
+            cell=cell,
+            num_tokens=num_tokens,
+            input_key_size=input_key_size,
+            input_value_size=input_value_size,
+            num_input_heads=num_input_heads,
+            comm_key_size=comm_key_size,
+            comm_value_size=comm_value_size,
+            num_comm_heads=num_comm_heads,
+            input_dropout=input_dropout,
+            comm_dropout=comm_dropout,
+            unit_name="num_modules",
+        )
         self.embedding_dim, self.tau = embedding_dim, float(tau)
-        self.num_input_heads, self.input_key_size, self.input_value_size = (
-            num_input_heads,
-            input_key_size,
-            input_value_size,
-        )
-        self.num_comm_heads, self.comm_key_size, self.comm_value_size = (
-            num_comm_heads,
-            comm_key_size,
-            comm_value_size,
-        )
 
         # 0. Geometry: fixed positions (buffer), learned encoder onto the sphere, module embeddings.
         self.register_buffer("token_positions", positions)
-        self.position_encoder = nn.Sequential(
-            nn.Linear(positions.shape[1], position_hidden_size),
-            nn.Tanh(),
-            nn.Linear(position_hidden_size, embedding_dim),
-        )
+        self.position_encoder = position_encoder
         log_sigma = torch.tensor(math.log(sigma))
         if learn_sigma:
             self.log_sigma = nn.Parameter(log_sigma)
@@ -199,25 +221,6 @@ class SRM(RecurrentCore):
             self.register_buffer("log_sigma", log_sigma)
         # Unconstrained; forward normalises it, so p_m is on the sphere whatever the optimiser does.
         self.module_embedding = nn.Parameter(torch.empty(num_modules, embedding_dim))
-
-        # 1. Input attention: module-specific queries, shared bias-free keys and values.
-        self.input_query = GroupedLinear(num_modules, module_size, num_input_heads * input_key_size, bias=False)
-        self.input_key = nn.Linear(self.token_dim, num_input_heads * input_key_size, bias=False)
-        self.input_value = nn.Linear(self.token_dim, num_input_heads * input_value_size, bias=False)
-        self.input_dropout = nn.Dropout(input_dropout)
-        # 3. Dynamics: one cell per module.
-        self.cell = make_grouped_cell(cell, num_modules, num_input_heads * input_value_size, module_size)
-        # 4. Communication: module-specific query/key/value in one grouped matmul.
-        self.comm_qkv = GroupedLinear(
-            num_modules, module_size, num_comm_heads * (2 * comm_key_size + comm_value_size), bias=False
-        )
-        read_size = num_comm_heads * comm_value_size
-        self.comm_out = None if read_size == module_size else GroupedLinear(num_modules, read_size, module_size)
-        self.comm_dropout = nn.Dropout(comm_dropout)
-
-        self.record_attention = False
-        self.last_active_mask: torch.Tensor | None = None
-        self.last_input_attention: torch.Tensor | None = None
         self._init_embeddings()
 
     # --- construction helpers -----------------------------------------------------------------
@@ -248,23 +251,26 @@ class SRM(RecurrentCore):
         encoded positions together (push the encoder's output bias along their mean direction) and
         retry with a growing push.
         """
-        last = self.position_encoder[-1]
+        encoder, positions = self.position_encoder, self.token_positions
         # A freshly initialised MLP maps all positions into a small cap; moving the centroid of its
         # outputs most of the way to the origin spreads them over the sphere before normalising.
-        last.bias.sub_(_INIT_CENTRING * self.position_encoder(self.token_positions).mean(dim=0))
-        raw = self.position_encoder(self.token_positions)
+        encoder.affine_output_(shift=-_INIT_CENTRING * encoder(positions).mean(dim=0))
+        # Then unit mean norm: a short f would make the directions s_i hypersensitive to updates.
+        encoder.affine_output_(scale=1.0 / float(encoder(positions).norm(dim=1).mean().clamp_min(1e-6)))
+        raw = encoder(positions)
         mean = raw.mean(dim=0)
         direction = F.normalize(mean if mean.norm() > 1e-6 else raw[0], dim=0)
-        bias, step = last.bias.clone(), 0.05 * float(raw.norm(dim=1).max()) + 1e-3
+        bias, step = encoder.last.bias.clone(), 0.05 * float(raw.norm(dim=1).max()) + 1e-3
         for attempt in range(200):
-            push = 0.0 if attempt == 0 else step * 1.25 ** (attempt - 1)
-            last.bias.copy_(bias + push * direction)
+            encoder.last.bias.copy_(bias)
+            encoder.affine_output_(shift=(0.0 if attempt == 0 else step * 1.25 ** (attempt - 1)) * direction)
             encoded = self.token_embeddings()
             seeds = self._farthest_points(encoded, direction)
             for anchors in (self._spherical_kmeans(encoded, seeds), seeds):
-                if self._covers(anchors, encoded):
-                    self.module_embedding.copy_(anchors)
-                    return
+                for candidate in (self._separate_coincident(anchors), anchors):
+                    if self._covers(candidate, encoded):
+                        self.module_embedding.copy_(candidate)
+                        return
         raise ValueError(f"tau={self.tau} is too close to 1: no initial embedding covers every token")
 
     def _covers(self, anchors: torch.Tensor, encoded: torch.Tensor) -> bool:
@@ -285,6 +291,23 @@ class SRM(RecurrentCore):
             chosen.append(index)
             nearest = torch.maximum(nearest, encoded @ encoded[index])
         return encoded[chosen].clone()
+
+    def _separate_coincident(self, anchors: torch.Tensor) -> torch.Tensor:
+        """Move modules that share a point (fewer distinct tokens than modules) apart inside its cap.
+
+        Coincident modules would stay coincident: at ``p_m = p_n = s_i`` the kernel's gradient is
+        parallel to ``p_m`` and the sphere projection removes it. Each is moved by half the support
+        radius, ``θ = arccos(max(τ, 0)) / 2``, in a random tangent direction (the global RNG, so
+        seeded runs agree), which keeps the shared point inside every moved module's support.
+        """
+        coincident = ((anchors @ anchors.t()) > 1.0 - 1e-6).sum(dim=1) > 1  # (M,)
+        if not coincident.any():
+            return anchors
+        theta = 0.5 * math.acos(max(self.tau, 0.0))
+        tangent = torch.randn_like(anchors)
+        tangent = F.normalize(tangent - (tangent * anchors).sum(1, keepdim=True) * anchors, dim=1)
+        moved = math.cos(theta) * anchors + math.sin(theta) * tangent
+        return torch.where(coincident.unsqueeze(1), F.normalize(moved, dim=1), anchors)
 
     @staticmethod
     def _spherical_kmeans(encoded: torch.Tensor, seeds: torch.Tensor, iterations: int = 10) -> torch.Tensor:
@@ -307,6 +330,16 @@ class SRM(RecurrentCore):
         )
 
     # --- geometry -------------------------------------------------------------------------------
+
+    @property
+    def num_modules(self) -> int:
+        """M, the number of modules (``num_units`` of the shared base)."""
+        return self.num_units
+
+    @property
+    def module_size(self) -> int:
+        """S, the size of one module's state."""
+        return self.unit_size
 
     @property
     def sigma(self) -> torch.Tensor:
@@ -350,121 +383,13 @@ class SRM(RecurrentCore):
             "tau": torch.tensor(self.tau),
         }
 
-    # --- forward --------------------------------------------------------------------------------
+    def attention_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The kernel terms of steps 1, 2 and 4 (no state involved: once per call).
 
-    def input_keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shared keys and values of the input set with the null token placed first.
-
-        ``x`` ``(T, B, input_size)`` -> keys ``(T, B, N + 1, heads, input_key_size)`` and values
-        ``(T, B, N + 1, heads, input_value_size)``; slot 0 is the null token (exactly zero, as the
-        projections have no bias).
+        ``log K(p_m, s_i)`` with the null slot's constant ``log K_∅`` placed first ``(M, N + 1)``,
+        ``log K(p_m, p_n)`` ``(M, M)``, and which modules hold a token in their support ``(M,)``.
         """
-        seq_len, batch_size = x.shape[:2]
-        tokens = x.reshape(seq_len, batch_size, self.num_tokens, self.token_dim)
-        null = tokens.new_zeros(seq_len, batch_size, 1, self.token_dim)
-        tokens = torch.cat([null, tokens], dim=2)
-        size = (seq_len, batch_size, self.num_tokens + 1, self.num_input_heads, -1)
-        return self.input_key(tokens).view(size), self.input_value(tokens).view(size)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        state: State | None = None,
-        episode_starts: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, State]:
-        """Run the whole sequence.
-
-        Args:
-            x: ``(T, B, input_size)``.
-            state: ``(h, c)``, each ``(1, B, hidden_size)``; ``None`` for zeros.
-            episode_starts: ``(T, B)`` in {0, 1}; rows with 1 are reset before step t.
-
-        Returns:
-            ``out`` ``(T, B, hidden_size)`` and the final ``(h, c)``, each ``(1, B, hidden_size)``.
-        """
-        state, keep = self._prepare(x, state, episode_starts)
-        seq_len, batch_size = x.shape[:2]
-        modules, module_size, heads = self.num_modules, self.module_size, self.num_input_heads
-
-        # Everything that does not depend on the state is computed once, outside the time loop:
-        # the geometry (kernels between modules and tokens, and among modules) and keys/values.
-        log_k_input, log_k_comm = self.log_kernels()  # (M, N), (M, M)
-        supported = torch.isfinite(log_k_input).any(dim=1)  # (M,): some token inside the support
-        keys, values = self.input_keys_values(x)  # slot 0: the null token, key and value exactly 0
-        keys = keys * (1.0 / math.sqrt(self.input_key_size))  # fold the attention scale in once
-        # (T, B*H, d_k, N+1) and (T, B*H, N+1, d_v): a step's scores and reads are one bmm each.
-        keys = keys.permute(0, 1, 3, 4, 2).reshape(seq_len, batch_size * heads, -1, self.num_tokens + 1)
-        values = values.permute(0, 1, 3, 2, 4).reshape(seq_len, batch_size * heads, self.num_tokens + 1, -1)
-        # The null slot's kernel weight K_∅ is a constant: its logit is log K_∅ + q·0 = 0.
-        null_logit = x.new_full((modules, 1), math.log(NULL_KERNEL_WEIGHT))
-        log_k_input = torch.cat([null_logit, log_k_input], dim=1)  # (M, N + 1)
-        comm_scale = 1.0 / math.sqrt(self.comm_key_size)
-        comm_split = (self.comm_key_size, self.comm_key_size, self.comm_value_size)
-        # unbind, not keys[t]: indexing in the loop would make backward zero-fill a (T, ...) tensor per step.
-        step_keys, step_values, step_keep = keys.unbind(0), values.unbind(0), keep.unbind(0)
-
-        # Activity without k is fixed by the geometry: all active (no masking at all) or a static mask.
-        all_active = self.k is None and bool(supported.all())
-        static_mask = supported.view(modules, 1, 1).expand(modules, batch_size, 1)
-
-        # Module-major layout (M, B, S) so each module's weights apply in one bmm.
-        h = state[0].reshape(batch_size, modules, module_size).transpose(0, 1)
-        c = state[1].reshape(batch_size, modules, module_size).transpose(0, 1)
-        outputs, masks, attentions = [], [], []
-        # One host sync up front instead of a multiply per step: which steps reset any row.
-        reset_steps = keep[:, :, 0].lt(1).any(dim=1).tolist()
-        for t in range(seq_len):
-            if reset_steps[t]:
-                h, c = h * step_keep[t], c * step_keep[t]
-
-            # 1. Kernel-modulated input attention over [null, tokens]: (B*H, M, N + 1).
-            query = self.input_query(h).view(modules, batch_size * heads, -1).transpose(0, 1)
-            attention = torch.baddbmm(log_k_input, query, step_keys[t]).softmax(dim=-1)
-            if self.record_attention:
-                attentions.append(attention.detach().view(batch_size, heads, modules, -1).mean(1))
-
-            # 2. Activity: non-empty support, optionally capped to the top-k by real-token attention.
-            if self.k is not None:
-                real_mass = 1.0 - attention[..., 0].detach().view(batch_size, heads, modules).mean(1)
-                chosen = real_mass.topk(self.k, dim=1).indices
-                mask = torch.zeros(batch_size, modules, dtype=torch.bool, device=x.device)
-                mask.scatter_(1, chosen, True)
-                module_mask = mask.t().unsqueeze(-1) & static_mask  # (M, B, 1)
-            else:
-                module_mask = static_mask
-            masks.append(module_mask)
-
-            # 3. Dynamics on each module's attended input (the null value is zero).
-            attended = torch.bmm(self.input_dropout(attention), step_values[t])  # (B*H, M, dv)
-            attended = attended.view(batch_size, heads, modules, -1).permute(2, 0, 1, 3)
-            h_cell, c_cell = self.cell(attended.reshape(modules, batch_size, -1), h, c)
-            if all_active:
-                h_tilde, c = h_cell, c_cell
-            else:
-                h_tilde = torch.where(module_mask, h_cell, h)
-                c = torch.where(module_mask, c_cell, c)
-
-            # 4. Kernel-modulated communication among all modules; a residual for the active ones.
-            q, kk, v = (
-                self.comm_qkv(h_tilde)
-                .view(modules, batch_size, self.num_comm_heads, -1)
-                .split(comm_split, dim=-1)
-            )
-            comm_scores = torch.einsum("mbhd,nbhd->bhmn", q, kk) * comm_scale + log_k_comm
-            read = torch.einsum("bhmn,nbhd->mbhd", self.comm_dropout(comm_scores.softmax(dim=-1)), v)
-            read = read.reshape(modules, batch_size, -1)
-            h_comm = h_tilde + (read if self.comm_out is None else self.comm_out(read))
-
-            # 5. Sparse update: inactive modules keep h exactly (and, above, c).
-            h = h_comm if all_active else torch.where(module_mask, h_comm, h)
-            outputs.append(h)
-
-        self.last_active_mask = torch.stack(masks).squeeze(-1).transpose(1, 2).detach()  # (T, B, M)
-        self.last_input_attention = torch.stack(attentions) if attentions else None
-        out = torch.stack(outputs).permute(0, 2, 1, 3).reshape(seq_len, batch_size, self.hidden_size)
-        h_final = h.transpose(0, 1).reshape(1, batch_size, self.hidden_size)
-        if self.cell_kind == "gru":
-            c_final = torch.zeros_like(h_final)
-        else:
-            c_final = c.transpose(0, 1).reshape(1, batch_size, self.hidden_size)
-        return out, (h_final, c_final)
+        log_k_input, log_k_comm = self.log_kernels()
+        supported = torch.isfinite(log_k_input).any(dim=1)
+        null_logit = log_k_input.new_full((self.num_modules, 1), math.log(NULL_KERNEL_WEIGHT))
+        return torch.cat([null_logit, log_k_input], dim=1), log_k_comm, supported

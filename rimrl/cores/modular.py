@@ -1,0 +1,256 @@
+"""What RIM and SRM share: units with their own cells that read a token set by attention (with a
+null token), a hard choice of active units, communication among units as a residual, and a sparse
+update that copies inactive units bit-for-bit.
+
+The cores differ only in the logit terms they add and in which units may be active:
+
+- RIM (Goyal et al. 2019): no extra terms; the ``k`` units that attend least to the null token.
+- SRM (Rahaman, Goyal et al. 2021): ``log K(p_m, s_i)`` added to the input-attention logits and
+  ``log K(p_m, p_n)`` to the communication logits (a truncated kernel: ``-inf`` outside the
+  support), units with no token in their support are inactive, and ``k`` is an optional cap.
+
+:class:`ModularCore` holds the layers and the one loop over time; a subclass supplies the terms
+through :meth:`ModularCore.attention_terms`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rimrl.cores.base import RecurrentCore, State, check_divisible, check_positive, check_probability
+from rimrl.cores.grouped import CELL_KINDS, GroupedLinear, make_grouped_cell
+
+
+class ModularCore(RecurrentCore):
+    """Units (modules) of ``unit_size`` with grouped cells, input attention and communication.
+
+    ``hidden_size = num_units * unit_size``; ``x`` ``(T, B, input_size)`` is read as ``num_tokens``
+    tokens of ``input_size // num_tokens`` features. See :class:`rimrl.cores.RIM` for the
+    arguments. ``unit_name`` is the word error messages use for ``num_units`` (SRM says modules).
+
+    After each call, ``last_active_mask`` holds the ``(T, B, num_units)`` bool mask of active units
+    (detached); with ``record_attention = True`` the call also stores ``last_input_attention``
+    ``(T, B, num_units, N + 1)`` (head-averaged, slot 0 = null, detached).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_units: int,
+        k: int | None,
+        cell: str,
+        num_tokens: int,
+        input_key_size: int,
+        input_value_size: int | None,
+        num_input_heads: int,
+        comm_key_size: int,
+        comm_value_size: int | None,
+        num_comm_heads: int,
+        input_dropout: float,
+        comm_dropout: float,
+        unit_name: str = "num_units",
+    ) -> None:
+        super().__init__(input_size, hidden_size)
+        check_positive(unit_name, num_units)
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_units):
+            raise ValueError(f"k must be None or an integer in [1, {unit_name}={num_units}], got {k!r}")
+        if cell not in CELL_KINDS:
+            raise ValueError(f"cell must be one of {CELL_KINDS}, got {cell!r}")
+        check_positive("num_tokens", num_tokens)
+        check_divisible("hidden_size", hidden_size, unit_name, num_units)
+        check_divisible("input_size", input_size, "num_tokens", num_tokens)
+        unit_size = hidden_size // num_units
+        input_value_size = unit_size if input_value_size is None else input_value_size
+        if comm_value_size is None:
+            divides = num_comm_heads > 0 and unit_size % num_comm_heads == 0
+            comm_value_size = unit_size // num_comm_heads if divides else unit_size
+        for name, value in (
+            ("input_key_size", input_key_size),
+            ("input_value_size", input_value_size),
+            ("num_input_heads", num_input_heads),
+            ("comm_key_size", comm_key_size),
+            ("comm_value_size", comm_value_size),
+            ("num_comm_heads", num_comm_heads),
+        ):
+            check_positive(name, value)
+        check_probability("input_dropout", input_dropout)
+        check_probability("comm_dropout", comm_dropout)
+
+        self.num_units, self.k, self.cell_kind = num_units, k, cell
+        self.num_tokens, self.token_dim, self.unit_size = num_tokens, input_size // num_tokens, unit_size
+        self.num_input_heads, self.input_key_size, self.input_value_size = (
+            num_input_heads,
+            input_key_size,
+            input_value_size,
+        )
+        self.num_comm_heads, self.comm_key_size, self.comm_value_size = (
+            num_comm_heads,
+            comm_key_size,
+            comm_value_size,
+        )
+        # 1. Input attention: unit-specific queries, shared bias-free keys and values.
+        self.input_query = GroupedLinear(num_units, unit_size, num_input_heads * input_key_size, bias=False)
+        self.input_key = nn.Linear(self.token_dim, num_input_heads * input_key_size, bias=False)
+        self.input_value = nn.Linear(self.token_dim, num_input_heads * input_value_size, bias=False)
+        self.input_dropout = nn.Dropout(input_dropout)
+        # 3. Independent dynamics: one cell per unit.
+        self.cell = make_grouped_cell(cell, num_units, num_input_heads * input_value_size, unit_size)
+        # 4. Communication: unit-specific query/key/value in one grouped matmul, per-unit output.
+        self.comm_qkv = GroupedLinear(
+            num_units, unit_size, num_comm_heads * (2 * comm_key_size + comm_value_size), bias=False
+        )
+        read_size = num_comm_heads * comm_value_size
+        self.comm_out = None if read_size == unit_size else GroupedLinear(num_units, read_size, unit_size)
+        self.comm_dropout = nn.Dropout(comm_dropout)
+        self.record_attention = False
+        self.last_active_mask: torch.Tensor | None = None
+        self.last_input_attention: torch.Tensor | None = None
+
+    def attention_terms(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """``(input_logits (U, N + 1), comm_logits (U, U), eligible (U,) bool)``, each or ``None``.
+
+        Added to the input-attention and communication logits of every step and row; units not
+        ``eligible`` are never active. The base class adds nothing (RIM).
+        """
+        return None, None, None
+
+    def input_keys_values(self, x: torch.Tensor, key_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared keys and values of the input set with the null token placed first.
+
+        ``x`` ``(T, B, input_size)`` -> keys ``(T, B, N + 1, heads, input_key_size)`` (times
+        ``key_scale``) and values ``(T, B, N + 1, heads, input_value_size)``; slot 0 is the null
+        token, whose key and value are exactly zero (the projections have no bias).
+        """
+        seq_len, batch_size = x.shape[:2]
+        tokens = x.reshape(seq_len, batch_size, self.num_tokens, self.token_dim)
+        tokens = torch.cat([tokens.new_zeros(seq_len, batch_size, 1, self.token_dim), tokens], dim=2)
+        key_weight = self.input_key.weight if key_scale == 1.0 else self.input_key.weight * key_scale
+        key_value = F.linear(tokens, torch.cat([key_weight, self.input_value.weight]))  # one matmul
+        split = self.num_input_heads * self.input_key_size
+        return (
+            key_value[..., :split].unflatten(-1, (self.num_input_heads, -1)),
+            key_value[..., split:].unflatten(-1, (self.num_input_heads, -1)),
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: State | None = None,
+        episode_starts: torch.Tensor | None = None,
+        active_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, State]:
+        """Run the whole sequence.
+
+        Args:
+            x: ``(T, B, input_size)``.
+            state: ``(h, c)``, each ``(1, B, hidden_size)``; ``None`` for zeros.
+            episode_starts: ``(T, B)`` in {0, 1}; rows with 1 are reset before step t.
+            active_mask: optional ``(T, B, num_units)`` bool that replaces the selection (for
+                ablations and tests); ``None`` selects as the core's paper does.
+
+        Returns:
+            ``out`` ``(T, B, hidden_size)`` and the final ``(h, c)``, each ``(1, B, hidden_size)``.
+        """
+        state, keep = self._prepare(x, state, episode_starts)
+        seq_len, batch_size = x.shape[:2]
+        units, heads = self.num_units, self.num_input_heads
+        if active_mask is not None and active_mask.shape != (seq_len, batch_size, units):
+            raise ValueError(
+                f"active_mask must have shape (T, B, {units}) = ({seq_len}, {batch_size}, {units}), "
+                f"got {tuple(active_mask.shape)}"
+            )
+        # Everything that does not depend on the state is computed once, outside the time loop.
+        input_logits, comm_logits, eligible = self.attention_terms()
+        # Keys (attention scale folded in) and values as (T, B * heads, N + 1, d): a step's scores
+        # and reads are then one bmm each.
+        keys, values = (
+            part.transpose(2, 3).reshape(seq_len, batch_size * heads, self.num_tokens + 1, -1)
+            for part in self.input_keys_values(x, key_scale=1.0 / math.sqrt(self.input_key_size))
+        )
+        keys_t = keys.transpose(2, 3)
+        comm_scale = 1.0 / math.sqrt(self.comm_key_size)
+        comm_split = (self.comm_key_size, self.comm_key_size, self.comm_value_size)
+        # unbind, not keys[t]: indexing in the loop would make backward zero-fill a (T, ...) tensor per step.
+        step_keys, step_values, step_keep = keys_t.unbind(0), values.unbind(0), keep.unbind(0)
+        # Which units may be active at all; with no top-k and all eligible nothing is masked.
+        eligible_mask = None if eligible is None else eligible.view(units, 1, 1).expand(units, batch_size, 1)
+        all_active = active_mask is None and self.k is None and (eligible is None or bool(eligible.all()))
+        # One host sync up front instead of a multiply per step: which steps reset any row.
+        reset_steps = keep[:, :, 0].lt(1).any(dim=1).tolist()
+
+        # Unit-major layout (U, B, S) so each unit's weights apply in one bmm.
+        h = state[0].reshape(batch_size, units, self.unit_size).transpose(0, 1)
+        c = state[1].reshape(batch_size, units, self.unit_size).transpose(0, 1)
+        outputs, masks, attentions = [], [], []
+        for t in range(seq_len):
+            if reset_steps[t]:
+                h, c = h * step_keep[t], c * step_keep[t]
+
+            # 1. Input attention over [null, tokens]: (B * heads, U, N + 1).
+            query = self.input_query(h).view(units, batch_size * heads, -1).transpose(0, 1)
+            if input_logits is None:
+                scores = torch.bmm(query, step_keys[t])
+            else:
+                scores = torch.baddbmm(input_logits, query, step_keys[t])
+            attention = scores.softmax(dim=-1)
+            null_attention = attention[..., 0].detach().view(batch_size, heads, units).mean(1)  # (B, U)
+            if self.record_attention:
+                attentions.append(attention.detach().view(batch_size, heads, units, -1).mean(1))
+
+            # 2. Selection (hard, no gradient).
+            if active_mask is not None:
+                unit_mask = active_mask[t].bool().t().unsqueeze(-1)
+            elif self.k is not None:
+                # The k units that attend least to the null slot (most to the real tokens).
+                chosen = null_attention.topk(self.k, dim=1, largest=False).indices
+                mask = torch.zeros(batch_size, units, dtype=torch.bool, device=x.device)
+                unit_mask = mask.scatter_(1, chosen, True).t().unsqueeze(-1)  # (U, B, 1)
+                if eligible_mask is not None:
+                    unit_mask = unit_mask & eligible_mask
+            else:
+                unit_mask = eligible_mask
+            masks.append(unit_mask)
+
+            # 3. Independent dynamics on each unit's own attended input (the null value is zero).
+            attended = torch.bmm(self.input_dropout(attention), step_values[t])  # (B * heads, U, dv)
+            attended = attended.view(batch_size, heads, units, -1).permute(2, 0, 1, 3)
+            h_cell, c_cell = self.cell(attended.reshape(units, batch_size, -1), h, c)
+            if all_active:
+                h_tilde, c = h_cell, c_cell
+            else:
+                h_tilde = torch.where(unit_mask, h_cell, h)
+                c = torch.where(unit_mask, c_cell, c)
+
+            # 4. Communication among all units' states (inactive ones: their previous state); a
+            #    residual for the active ones.
+            qkv = self.comm_qkv(h_tilde).view(units, batch_size * self.num_comm_heads, -1).transpose(0, 1)
+            q, k, v = qkv.split(comm_split, dim=-1)  # each (B * heads, U, d)
+            if comm_logits is None:
+                scores = torch.bmm(q, k.transpose(1, 2)).mul_(comm_scale)
+            else:
+                scores = torch.baddbmm(comm_logits, q, k.transpose(1, 2), alpha=comm_scale)
+            read = torch.bmm(self.comm_dropout(scores.softmax(dim=-1)), v)
+            read = read.transpose(0, 1).reshape(units, batch_size, -1)
+            h_comm = h_tilde + (read if self.comm_out is None else self.comm_out(read))
+
+            # 5. Sparse update: inactive units keep h exactly (and, above, c).
+            h = h_comm if all_active else torch.where(unit_mask, h_comm, h)
+            outputs.append(h)
+
+        if all_active:
+            self.last_active_mask = torch.ones(seq_len, batch_size, units, dtype=torch.bool, device=x.device)
+        else:
+            self.last_active_mask = torch.stack(masks).squeeze(-1).transpose(1, 2).detach()  # (T, B, U)
+        self.last_input_attention = torch.stack(attentions) if attentions else None
+        out = torch.stack(outputs).permute(0, 2, 1, 3).reshape(seq_len, batch_size, self.hidden_size)
+        h_final = h.transpose(0, 1).reshape(1, batch_size, self.hidden_size)
+        if self.cell_kind == "gru":
+            c_final = torch.zeros_like(h_final)
+        else:
+            c_final = c.transpose(0, 1).reshape(1, batch_size, self.hidden_size)
+        return out, (h_final, c_final)
