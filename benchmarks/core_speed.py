@@ -3,9 +3,9 @@
 Every core sees the same ``(T, B, input)`` batch in one process; the reference LSTM is timed
 before and after each core and the ratio uses their mean, so drift on a shared machine cancels.
 
-    python benchmarks/core_speed.py                 # T=64, B=64, input 256, hidden 384, 6 units, k=4
+    python -m benchmarks.core_speed                 # T=64, B=64, input 256, hidden 384, 6 units, k=4
                                                     # (+ SRM on 49 tokens of 16: input 784)
-    python benchmarks/core_speed.py --threads 2 --json benchmarks/out/core_speed.json
+    python -m benchmarks.core_speed --threads 2 --json benchmarks/out/core_speed.json
 """
 
 from __future__ import annotations
