@@ -198,7 +198,6 @@ class ModularCore(RecurrentCore):
             else:
                 scores = torch.baddbmm(input_logits, query, step_keys[t])
             attention = scores.softmax(dim=-1)
-            null_attention = attention[..., 0].detach().view(batch_size, heads, units).mean(1)  # (B, U)
             if self.record_attention:
                 attentions.append(attention.detach().view(batch_size, heads, units, -1).mean(1))
 
@@ -207,6 +206,7 @@ class ModularCore(RecurrentCore):
                 unit_mask = active_mask[t].bool().t().unsqueeze(-1)
             elif self.k is not None:
                 # The k units that attend least to the null slot (most to the real tokens).
+                null_attention = attention[..., 0].detach().view(batch_size, heads, units).mean(1)  # (B, U)
                 chosen = null_attention.topk(self.k, dim=1, largest=False).indices
                 mask = torch.zeros(batch_size, units, dtype=torch.bool, device=x.device)
                 unit_mask = mask.scatter_(1, chosen, True).t().unsqueeze(-1)  # (U, B, 1)
