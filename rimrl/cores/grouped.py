@@ -41,8 +41,10 @@ class GroupedLinear(nn.Module):
 class _GroupedCell(nn.Module):
     """``G`` independent recurrent cells: ``(x (G, B, input_size), h (G, B, H), c (G, B, H)) -> (h', c')``.
 
-    ``input_gates`` is exposed so a caller may project inputs for all time steps at once and
-    call ``step`` with the projection; ``forward(x, h, c) == step(input_gates(x), h, c)``.
+    A loop that also projects ``h`` for other purposes (RIM/SRM queries) can merge that projection
+    with the cell's into one matmul: :meth:`hidden_projection` gives the weight and bias that
+    multiply ``h``, and :meth:`step` takes their product precomputed:
+    ``forward(x, h, c) == step(x, h @ W_h + b_h, h, c)``.
     """
 
     num_gates: int
@@ -61,34 +63,55 @@ class _GroupedCell(nn.Module):
             if layer.bias is not None:
                 _uniform_(layer.bias, hidden_size)
 
+    def hidden_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight ``(G, H, gates * H)`` and bias (or ``None``) of the projection of ``h`` that :meth:`step` takes."""
+        raise NotImplementedError
+
     def step(
-        self, input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+        self,
+        x: torch.Tensor,
+        hidden_gates: torch.Tensor,
+        h: torch.Tensor,
+        c: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step from ``x`` and the precomputed ``hidden_gates = h @ W_h + b_h`` ``(G, B, gates * H)``."""
         raise NotImplementedError
 
     def forward(
         self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.step(self.input_gates(x), h, c)
+        weight, bias = self.hidden_projection()
+        hidden_gates = torch.bmm(h, weight) if bias is None else torch.baddbmm(bias, h, weight)
+        return self.step(x, hidden_gates, h, c)
 
 
 class GroupedLSTMCell(_GroupedCell):
     """``G`` independent LSTM cells (``torch.nn.LSTMCell``'s equations).
 
     Gates are stored in the order (i, f, o, g) so one sigmoid covers the three gates. One bias
-    (on the input projection) suffices: torch's second LSTM bias is redundant.
+    suffices (torch's second LSTM bias is redundant); it is stored with the input projection but
+    added with the hidden one (:meth:`hidden_projection`), so the input matmul adds onto the hidden
+    gates in one ``baddbmm``.
     """
 
     num_gates = 4
     hidden_bias = False
 
+    def hidden_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.hidden_gates.weight, self.input_gates.bias
+
     def step(
-        self, input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+        self,
+        x: torch.Tensor,
+        hidden_gates: torch.Tensor,
+        h: torch.Tensor,
+        c: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        gates = torch.baddbmm(input_gates, h, self.hidden_gates.weight)
+        gates = torch.baddbmm(hidden_gates, x, self.input_gates.weight)  # the bias came with hidden_gates
         size = self.hidden_size
-        i, f, o = torch.sigmoid(gates[..., : 3 * size]).chunk(3, dim=-1)
-        c_next = f * c + i * torch.tanh(gates[..., 3 * size :])
+        sigmoid_gates, cell_input = gates.split([3 * size, size], dim=-1)
+        i, f, o = torch.sigmoid(sigmoid_gates).chunk(3, dim=-1)
+        c_next = f * c + i * torch.tanh(cell_input)
         return o * torch.tanh(c_next), c_next
 
 
@@ -101,11 +124,18 @@ class GroupedGRUCell(_GroupedCell):
     num_gates = 3
     hidden_bias = True
 
+    def hidden_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.hidden_gates.weight, self.hidden_gates.bias
+
     def step(
-        self, input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+        self,
+        x: torch.Tensor,
+        hidden_gates: torch.Tensor,
+        h: torch.Tensor,
+        c: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        xr, xz, xn = input_gates.chunk(3, dim=-1)
-        hr, hz, hn = self.hidden_gates(h).chunk(3, dim=-1)
+        xr, xz, xn = self.input_gates(x).chunk(3, dim=-1)
+        hr, hz, hn = hidden_gates.chunk(3, dim=-1)
         r = torch.sigmoid(xr + hr)
         z = torch.sigmoid(xz + hz)
         n = torch.tanh(xn + r * hn)

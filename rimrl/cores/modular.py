@@ -131,11 +131,9 @@ class ModularCore(RecurrentCore):
         tokens = torch.cat([tokens.new_zeros(seq_len, batch_size, 1, self.token_dim), tokens], dim=2)
         key_weight = self.input_key.weight if key_scale == 1.0 else self.input_key.weight * key_scale
         key_value = F.linear(tokens, torch.cat([key_weight, self.input_value.weight]))  # one matmul
-        split = self.num_input_heads * self.input_key_size
-        return (
-            key_value[..., :split].unflatten(-1, (self.num_input_heads, -1)),
-            key_value[..., split:].unflatten(-1, (self.num_input_heads, -1)),
-        )
+        # split, not two slices: the backward is then one cat, not two zero-filled full-size grads.
+        keys, values = key_value.split([key_weight.shape[0], self.input_value.weight.shape[0]], dim=-1)
+        return keys.unflatten(-1, (self.num_input_heads, -1)), values.unflatten(-1, (self.num_input_heads, -1))
 
     def forward(
         self,
@@ -173,8 +171,6 @@ class ModularCore(RecurrentCore):
             for part in self.input_keys_values(x, key_scale=1.0 / math.sqrt(self.input_key_size))
         )
         keys_t = keys.transpose(2, 3)
-        comm_scale = 1.0 / math.sqrt(self.comm_key_size)
-        comm_split = (self.comm_key_size, self.comm_key_size, self.comm_value_size)
         # unbind, not keys[t]: indexing in the loop would make backward zero-fill a (T, ...) tensor per step.
         step_keys, step_values, step_keep = keys_t.unbind(0), values.unbind(0), keep.unbind(0)
         # Which units may be active at all; with no top-k and all eligible nothing is masked.
@@ -183,16 +179,34 @@ class ModularCore(RecurrentCore):
         # One host sync up front instead of a multiply per step: which steps reset any row.
         reset_steps = keep[:, :, 0].lt(1).any(dim=1).tolist()
 
+        # The units' queries and the cells' recurrent gates both read h: one matmul per step.
+        query_size = heads * self.input_key_size
+        hidden_weight, hidden_bias = self.cell.hidden_projection()
+        read_h_weight = torch.cat([self.input_query.weight, hidden_weight], dim=-1)
+        read_h_bias = None if hidden_bias is None else F.pad(hidden_bias, (query_size, 0))  # queries: no bias
+        split_h = [query_size, hidden_weight.shape[-1]]
+        comm_heads = self.num_comm_heads
+        comm_split = [self.comm_key_size, self.comm_key_size, self.comm_value_size]
+        # The communication scale 1/sqrt(d) folded into the query columns of each head.
+        column_scale = torch.ones(comm_heads, sum(comm_split), dtype=x.dtype, device=x.device)
+        column_scale[:, : self.comm_key_size] = 1.0 / math.sqrt(self.comm_key_size)
+        comm_weight = self.comm_qkv.weight * column_scale.view(-1)
+
         # Unit-major layout (U, B, S) so each unit's weights apply in one bmm.
-        h = state[0].reshape(batch_size, units, self.unit_size).transpose(0, 1)
-        c = state[1].reshape(batch_size, units, self.unit_size).transpose(0, 1)
+        h = state[0].reshape(batch_size, units, self.unit_size).transpose(0, 1).contiguous()
+        c = state[1].reshape(batch_size, units, self.unit_size).transpose(0, 1).contiguous()
         outputs, masks, attentions = [], [], []
         for t in range(seq_len):
             if reset_steps[t]:
                 h, c = h * step_keep[t], c * step_keep[t]
 
             # 1. Input attention over [null, tokens]: (B * heads, U, N + 1).
-            query = self.input_query(h).view(units, batch_size * heads, -1).transpose(0, 1)
+            if read_h_bias is None:
+                read_h = torch.bmm(h, read_h_weight)
+            else:
+                read_h = torch.baddbmm(read_h_bias, h, read_h_weight)
+            query, hidden_gates = read_h.split(split_h, dim=-1)
+            query = query.unflatten(-1, (heads, -1)).permute(1, 2, 0, 3).reshape(batch_size * heads, units, -1)
             if input_logits is None:
                 scores = torch.bmm(query, step_keys[t])
             else:
@@ -206,7 +220,8 @@ class ModularCore(RecurrentCore):
                 unit_mask = active_mask[t].bool().t().unsqueeze(-1)
             elif self.k is not None:
                 # The k units that attend least to the null slot (most to the real tokens).
-                null_attention = attention[..., 0].detach().view(batch_size, heads, units).mean(1)  # (B, U)
+                null_attention = attention.detach()[..., 0].view(batch_size, heads, units)
+                null_attention = null_attention[:, 0] if heads == 1 else null_attention.mean(1)  # (B, U)
                 chosen = null_attention.topk(self.k, dim=1, largest=False).indices
                 mask = torch.zeros(batch_size, units, dtype=torch.bool, device=x.device)
                 unit_mask = mask.scatter_(1, chosen, True).t().unsqueeze(-1)  # (U, B, 1)
@@ -218,8 +233,8 @@ class ModularCore(RecurrentCore):
 
             # 3. Independent dynamics on each unit's own attended input (the null value is zero).
             attended = torch.bmm(self.input_dropout(attention), step_values[t])  # (B * heads, U, dv)
-            attended = attended.view(batch_size, heads, units, -1).permute(2, 0, 1, 3)
-            h_cell, c_cell = self.cell(attended.reshape(units, batch_size, -1), h, c)
+            attended = attended.view(batch_size, heads, units, -1).permute(2, 0, 1, 3).reshape(units, batch_size, -1)
+            h_cell, c_cell = self.cell.step(attended, hidden_gates, h, c)
             if all_active:
                 h_tilde, c = h_cell, c_cell
             else:
@@ -228,12 +243,12 @@ class ModularCore(RecurrentCore):
 
             # 4. Communication among all units' states (inactive ones: their previous state); a
             #    residual for the active ones.
-            qkv = self.comm_qkv(h_tilde).view(units, batch_size * self.num_comm_heads, -1).transpose(0, 1)
-            q, k, v = qkv.split(comm_split, dim=-1)  # each (B * heads, U, d)
+            qkv = torch.bmm(h_tilde, comm_weight).view(units, batch_size * comm_heads, -1).transpose(0, 1)
+            q, k, v = qkv.split(comm_split, dim=-1)  # each (B * heads, U, d); q already scaled
             if comm_logits is None:
-                scores = torch.bmm(q, k.transpose(1, 2)).mul_(comm_scale)
+                scores = torch.bmm(q, k.transpose(1, 2))
             else:
-                scores = torch.baddbmm(comm_logits, q, k.transpose(1, 2), alpha=comm_scale)
+                scores = torch.baddbmm(comm_logits, q, k.transpose(1, 2))
             read = torch.bmm(self.comm_dropout(scores.softmax(dim=-1)), v)
             read = read.transpose(0, 1).reshape(units, batch_size, -1)
             h_comm = h_tilde + (read if self.comm_out is None else self.comm_out(read))
