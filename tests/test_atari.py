@@ -32,6 +32,10 @@ def test_game_name_forms() -> None:
     assert resolve_atari_game("MsPacman") == "ms_pacman"
     assert resolve_atari_game("SpaceInvadersNoFrameskip-v4") == "space_invaders"
     assert atari_gym_id("space_invaders") == "ALE/SpaceInvaders-v5"
+    # Names whose ROM id is not their camel-case split.
+    for name in ("UpNDown", "ALE/UpNDown-v5", "UpNDownNoFrameskip-v4", "upndown"):
+        assert resolve_atari_game(name) == "up_n_down"
+    assert atari_gym_id("UpNDown") == "ALE/UpNDown-v5"
     for bad in ("Breakuot", "", "MiniGrid-Empty-5x5-v0"):
         with pytest.raises(ValueError, match="Breakout"):
             resolve_atari_game(bad)

@@ -77,6 +77,11 @@ def resolve_atari_game(name: str) -> str:
     for candidate in (stem, _camel_to_snake(stem), stem.lower()):
         if candidate in rom_ids:
             return candidate
+    # Names whose snake case is not a plain camel-case split ("UpNDown" -> "up_n_down"): ask the
+    # ids ale-py registers ("ALE/UpNDown-v5" carries game="up_n_down").
+    rom = _roms_by_v5_name().get(stem.lower())
+    if rom is not None:
+        return rom
     raise ValueError(
         f"{name!r} is not an Atari game known to ale-py {ale_py.__version__}; use a game name like "
         f"'Breakout' / 'breakout' or an id like 'ALE/Breakout-v5' or 'BreakoutNoFrameskip-v4'"
@@ -90,6 +95,16 @@ def is_atari_game(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@functools.cache
+def _roms_by_v5_name() -> dict[str, str]:
+    """``{"upndown": "up_n_down", ...}``: lower-cased game names of the ``ALE/<Name>-v5`` ids."""
+    return {
+        _VERSION_SUFFIX.sub("", env_id.removeprefix("ALE/")).lower(): spec.kwargs["game"]
+        for env_id, spec in gym.registry.items()
+        if env_id.startswith("ALE/") and "game" in spec.kwargs
+    }
 
 
 @functools.cache
