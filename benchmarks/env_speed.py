@@ -6,7 +6,10 @@ actions, after a short warm-up, excluding construction:
 - Atari, Breakout, 8 envs: rimrl's ale-py ``AtariVectorEnv`` adapter (``make_atari_vec_env``)
   against SB3's ``make_atari_env`` in a ``SubprocVecEnv`` (the same preprocessing in Python).
 Configurations are timed round-robin, ``--repeats`` times, and the median is reported, so a
-burst of background load does not favour one side.
+burst of background load does not favour one side. Beside them, the emulator alone (ale-py's
+``ALEInterface.act`` four times per agent step, no screen read, no preprocessing, one process):
+its CPU cost per step is a floor no Atari adapter can go under, so the SB3 path's CPU cost over it
+bounds the CPU ratio any adapter can reach on this machine.
 
 - MiniGrid, 8 envs in a ``DummyVecEnv``: every distractor-suite id through ``make_env`` (dict
   observations, Monitor) against raw ``MiniGrid-Fetch-8x8-N3-v0`` with ``ImgObsWrapper``.
@@ -107,6 +110,28 @@ def time_steps(build: Callable[[], VecEnv], steps: int, seed: int = 0) -> tuple[
         venv.close()
     total = steps * venv.num_envs
     return venv.num_envs, total / seconds, cpu / total * 1e6
+
+
+def emulator_cpu_us_per_step(game: str, steps: int, frame_skip: int = 4, seed: int = 0) -> float:
+    """CPU microseconds per agent step of the bare emulator: ``frame_skip`` ``act`` calls, random actions."""
+    from ale_py import ALEInterface, LoggerMode, roms
+
+    ALEInterface.setLoggerMode(LoggerMode.Error)
+    ale = ALEInterface()
+    ale.setInt("random_seed", seed)
+    ale.setFloat("repeat_action_probability", 0.0)
+    ale.loadROM(roms.get_rom_path(game))
+    actions = ale.getMinimalActionSet()
+    choices = np.random.default_rng(seed).integers(0, len(actions), size=WARMUP_STEPS + steps)
+    start = 0.0
+    for t, choice in enumerate(choices):
+        if t == WARMUP_STEPS:
+            start = time.process_time()
+        for _ in range(frame_skip):
+            ale.act(actions[choice])
+        if ale.game_over():
+            ale.reset_game()
+    return (time.process_time() - start) / steps * 1e6
 
 
 def fetch_baseline(n_envs: int, seed: int) -> VecEnv:
@@ -230,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
 
     load_before = os.getloadavg()[0]
     results = run(steps, args.n_envs, args.quick, repeats, args.only)
+    emulator_us = None
+    if args.only in (None, "atari"):
+        emulator_us = float(np.median([emulator_cpu_us_per_step("breakout", steps * 2) for _ in range(repeats)]))
     load_after = os.getloadavg()[0]
     print(
         f"{steps} random-action steps per env after {WARMUP_STEPS} warm-up steps, median of {repeats} "
@@ -238,6 +266,13 @@ def main(argv: list[str] | None = None) -> None:
         f"steps/s, not CPU us/step)"
     )
     print(format_table(results))
+    if emulator_us is not None:
+        sb3 = next(m for m in results if m.group == "atari" and m.baseline)
+        print(
+            f"Breakout emulator alone (ALEInterface.act x4 per step, no preprocessing): {emulator_us:.0f} "
+            f"CPU us/step; the SB3 path's {sb3.cpu_us_per_step:.0f} over it bounds any adapter's CPU "
+            f"ratio at {sb3.cpu_us_per_step / emulator_us:.2f}x"
+        )
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         payload = {
@@ -248,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
             "load_average_before": load_before,
             "load_average_after": load_after,
             "python": platform.python_version(),
+            "emulator_cpu_us_per_step": emulator_us,
             "results": [asdict(m) for m in results],
         }
         with open(args.json, "w") as handle:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rimrl.cores import GRU, LSTM, RIM, make_core
+from rimrl.cores.grouped import LSTMPointwise, make_grouped_cell
 
 T, B, INPUT, HIDDEN = 7, 5, 24, 48
 
@@ -99,6 +100,70 @@ def test_lstm_and_gru_match_torch_kernels() -> None:
     out, (h_gru, c_gru) = gru(x)
     assert torch.equal(out, gru.rnn(x)[0])
     assert torch.count_nonzero(c_gru) == 0  # a GRU's c is documented as zeros
+
+
+def test_sequence_gradients_equal_step_gradients(spec: str) -> None:
+    """Backward through one T-step call gives the same gradients as through T chained one-step calls."""
+    x = torch.randn(T, B, INPUT)
+    grads = []
+    for stepwise in (False, True):
+        core = build(spec)
+        state = random_state()
+        if stepwise:
+            outs = []
+            for t in range(T):
+                out_t, state = core(x[t : t + 1], state)
+                outs.append(out_t)
+            out = torch.cat(outs)
+        else:
+            out, state = core(x, state)
+        (out.pow(2).mean() + state[0].sum() + state[1].sum()).backward()
+        grads.append({name: p.grad.clone() for name, p in core.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, grad in grads[0].items():
+        assert (grad - grads[1][name]).abs().max() < 1e-5, name
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_grouped_cells_match_torch_cells(kind: str) -> None:
+    """Each group of a grouped cell is torch.nn.LSTMCell / GRUCell with that group's weights."""
+    groups, batch, in_size, size = 3, 4, 5, 6
+    torch.manual_seed(0)
+    cell = make_grouped_cell(kind, groups, in_size, size)
+    x, h, c = torch.randn(groups, batch, in_size), torch.randn(groups, batch, size), torch.randn(groups, batch, size)
+    h_next, c_next = cell(x, h, c)
+    for g in range(groups):
+        if kind == "lstm":
+            reference = torch.nn.LSTMCell(in_size, size)
+            # rimrl gate order (i, f, o, g) -> torch's (i, f, g, o).
+            order = torch.cat([torch.arange(0, 2 * size), torch.arange(3 * size, 4 * size), torch.arange(2 * size, 3 * size)])
+            bias_ih = cell.input_gates.bias[g, 0, order]
+            bias_hh = torch.zeros_like(bias_ih)
+        else:
+            reference = torch.nn.GRUCell(in_size, size)
+            order = torch.arange(3 * size)
+            bias_ih, bias_hh = cell.input_gates.bias[g, 0], cell.hidden_gates.bias[g, 0]
+        with torch.no_grad():
+            reference.weight_ih.copy_(cell.input_gates.weight[g][:, order].t())
+            reference.weight_hh.copy_(cell.hidden_gates.weight[g][:, order].t())
+            reference.bias_ih.copy_(bias_ih)
+            reference.bias_hh.copy_(bias_hh)
+        if kind == "lstm":
+            h_ref, c_ref = reference(x[g], (h[g], c[g]))
+            assert (c_next[g] - c_ref).abs().max() < 1e-6
+        else:
+            h_ref = reference(x[g], h[g])
+        assert (h_next[g] - h_ref).abs().max() < 1e-6
+
+
+def test_lstm_pointwise_backward_is_exact() -> None:
+    """The hand-written LSTM backward against finite differences (float64), h and c used or not."""
+    torch.manual_seed(0)
+    gates = torch.randn(3, 4, 4 * 5, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(LSTMPointwise.apply, (gates, c))
+    assert torch.autograd.gradcheck(lambda g_, c_: LSTMPointwise.apply(g_, c_)[0], (gates, c))
+    assert torch.autograd.gradcheck(lambda g_, c_: LSTMPointwise.apply(g_, c_)[1], (gates, c))
 
 
 def test_lstm_splits_only_at_starts_after_t0(monkeypatch: pytest.MonkeyPatch) -> None:
