@@ -5,7 +5,10 @@ All runs share one process, one env id and the same settings: 8 envs, n_steps 12
 reference is sb3-contrib's ``RecurrentPPO`` with its own LSTM policy (``MlpLstmPolicy``, or
 ``MultiInputLstmPolicy`` for dict observations); rimrl's policies use the ``policy_kwargs`` of the
 MiniGrid preset (``configs/minigrid.yml``). Ratios are measured in the same run, never against
-stored absolute times. Each run also reports the mean return and success of its last 100
+stored absolute times, and the policies of one seed train interleaved, one rollout (and its
+training epochs) each in turn, so that drift in the machine's speed hits them alike. (Chunked
+``learn`` calls restart SB3's progress counter, which only matters for decaying schedules; the
+MiniGrid preset's are constant.) Each run also reports the mean return and success of its last 100
 training episodes, so ``--ablation`` runs with enough ``--timesteps`` compare learning too.
 
 Per run it also reports where the time goes: env stepping, the policy's forward pass while
@@ -152,55 +155,84 @@ def build_model(name: str, env: VecEnv, seed: int, extra_kwargs: dict[str, Any] 
     return RecurrentPPO(POLICIES[name], env, seed=seed, policy_kwargs=policy_kwargs, **params)
 
 
-def measure(
-    name: str,
-    env_id: str,
-    timesteps: int,
-    seed: int,
-    label: str | None = None,
-    extra_kwargs: dict | None = None,
-    clock: str = "cpu",
-) -> dict[str, Any]:
-    """Train ``timesteps`` after a one-rollout warm-up; return steps/s, the phase breakdown and the
-    mean return / success of the last 100 training episodes (what the speed buys)."""
-    env = make_vec_env(env_id, seed)
-    model = build_model(name, env, seed, extra_kwargs)
-    model.learn(N_ENVS * SETTINGS["n_steps"])  # warm-up: allocator, first-call overheads
-    timer = PhaseTimer(CLOCKS[clock])
-    model.collect_rollouts = timer.wrap("rollout", model.collect_rollouts)  # type: ignore[method-assign]
-    model.train = timer.wrap("train", model.train)  # type: ignore[method-assign]
-    vec = model.get_env()
-    vec.step_wait = timer.wrap("env_step", vec.step_wait)  # type: ignore[method-assign]
-    policy = model.policy
-    policy.forward = timer.wrap("rollout_forward", policy.forward)  # type: ignore[method-assign]
-    policy.evaluate_actions = timer.wrap("train_forward", policy.evaluate_actions)  # type: ignore[method-assign]
-    policy.optimizer.step = timer.wrap("optimizer_step", policy.optimizer.step)  # type: ignore[method-assign]
-    start, start_cpu = time.perf_counter(), time.process_time()
-    with timer.backward():
-        model.learn(timesteps, reset_num_timesteps=True)
-    elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    env.close()
-    steps = model.num_timesteps
-    phases = {k: round(v, 3) for k, v in sorted(timer.totals.items())}
-    episodes = list(model.ep_info_buffer)
-    return {
-        "policy": label or name,
-        "seed": seed,
-        "ep_rew_mean": float(np.mean([e["r"] for e in episodes])) if episodes else None,
-        "success_mean": float(np.mean([e["success"] for e in episodes])) if episodes and "success" in episodes[0] else None,
-        "policy_class": type(policy).__name__,
-        "core": type(getattr(policy, "core", policy.lstm_actor)).__name__,
-        "critic": "separate" if policy.lstm_critic is not None else ("shared" if policy.shared_lstm else "mlp"),
-        "parameters": sum(p.numel() for p in policy.parameters()),
-        "timesteps": steps,
-        "seconds": round(elapsed, 3),
-        "cpu_seconds": round(elapsed_cpu, 3),
-        "steps_per_s": steps / elapsed,
-        "steps_per_cpu_s": steps / elapsed_cpu,
-        # The figure ratios use (see --clock).
-        "throughput": steps / (elapsed_cpu if clock == "cpu" else elapsed),
-        "phases_s": phases,
-    }
+class TimedRun:
+    """One policy's training run, advanced a chunk at a time so several runs can take turns.
+
+    The runs of one seed are interleaved rollout by rollout (see ``measure_interleaved``): on a
+    shared machine whose speed drifts over tens of seconds, back-to-back runs would compare a fast
+    minute with a slow one, while interleaved runs see the same drift.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        env_id: str,
+        seed: int,
+        label: str | None = None,
+        extra_kwargs: dict | None = None,
+        clock: str = "cpu",
+    ) -> None:
+        self.label, self.seed, self.clock = label or name, seed, clock
+        self.env = make_vec_env(env_id, seed)
+        self.model = model = build_model(name, self.env, seed, extra_kwargs)
+        model.learn(N_ENVS * SETTINGS["n_steps"])  # warm-up: allocator, first-call overheads
+        self.timer = timer = PhaseTimer(CLOCKS[clock])
+        model.collect_rollouts = timer.wrap("rollout", model.collect_rollouts)  # type: ignore[method-assign]
+        model.train = timer.wrap("train", model.train)  # type: ignore[method-assign]
+        vec = model.get_env()
+        vec.step_wait = timer.wrap("env_step", vec.step_wait)  # type: ignore[method-assign]
+        policy = model.policy
+        policy.forward = timer.wrap("rollout_forward", policy.forward)  # type: ignore[method-assign]
+        policy.evaluate_actions = timer.wrap("train_forward", policy.evaluate_actions)  # type: ignore[method-assign]
+        policy.optimizer.step = timer.wrap("optimizer_step", policy.optimizer.step)  # type: ignore[method-assign]
+        self.steps, self.seconds, self.cpu_seconds = 0, 0.0, 0.0
+
+    def advance(self, timesteps: int) -> None:
+        """Train ``timesteps`` more steps (continuing the run), adding to the timers."""
+        before = self.model.num_timesteps
+        start, start_cpu = time.perf_counter(), time.process_time()
+        with self.timer.backward():
+            self.model.learn(timesteps, reset_num_timesteps=self.steps == 0)
+        self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.process_time() - start_cpu
+        self.steps += self.model.num_timesteps - (0 if self.steps == 0 else before)
+
+    def result(self) -> dict[str, Any]:
+        """steps/s, the phase breakdown and the mean return / success of the last 100 training
+        episodes (what the speed buys)."""
+        self.env.close()
+        policy = self.model.policy
+        phases = {k: round(v, 3) for k, v in sorted(self.timer.totals.items())}
+        episodes = list(self.model.ep_info_buffer)
+        return {
+            "policy": self.label,
+            "seed": self.seed,
+            "ep_rew_mean": float(np.mean([e["r"] for e in episodes])) if episodes else None,
+            "success_mean": float(np.mean([e["success"] for e in episodes])) if episodes and "success" in episodes[0] else None,
+            "policy_class": type(policy).__name__,
+            "core": type(getattr(policy, "core", policy.lstm_actor)).__name__,
+            "critic": "separate" if policy.lstm_critic is not None else ("shared" if policy.shared_lstm else "mlp"),
+            "parameters": sum(p.numel() for p in policy.parameters()),
+            "timesteps": self.steps,
+            "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
+            "steps_per_s": self.steps / self.seconds,
+            "steps_per_cpu_s": self.steps / self.cpu_seconds,
+            # The figure ratios use (see --clock).
+            "throughput": self.steps / (self.cpu_seconds if self.clock == "cpu" else self.seconds),
+            "phases_s": phases,
+        }
+
+
+def measure_interleaved(runs: list[TimedRun], timesteps: int) -> list[dict[str, Any]]:
+    """Advance every run one rollout (``N_ENVS * n_steps`` steps, then its training epochs) at a
+    time, round-robin, until each has trained ``timesteps`` steps."""
+    chunk = N_ENVS * SETTINGS["n_steps"]
+    while any(run.steps < timesteps for run in runs):
+        for run in runs:
+            if run.steps < timesteps:
+                run.advance(min(chunk, timesteps - run.steps))
+    return [run.result() for run in runs]
 
 
 def srm_available() -> str | None:
@@ -259,17 +291,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         runs = [(name, name, None) for name in args.policies]
     for seed in args.seeds:
+        timed = []
         for label, name, extra in runs:
             if name == "srm" and (reason := srm_available()) is not None:
                 if seed == args.seeds[0]:
                     notes.append(f"srm skipped: {reason}")
                 continue
-            result = measure(name, env_id, timesteps, seed, label=label, extra_kwargs=extra, clock=args.clock)
+            timed.append(TimedRun(name, env_id, seed, label=label, extra_kwargs=extra, clock=args.clock))
+        for result in measure_interleaved(timed, timesteps):
             results.append(result)
-            print(f"{label} (seed {seed}): {result['steps_per_s']:.0f} steps/s, {result['steps_per_cpu_s']:.0f} "
-                  f"steps/cpu-s ({result['seconds']:.1f} s), "
+            print(f"{result['policy']} (seed {seed}): {result['steps_per_s']:.0f} steps/s, "
+                  f"{result['steps_per_cpu_s']:.0f} steps/cpu-s ({result['seconds']:.1f} s), "
                   f"return {result['ep_rew_mean']}", flush=True)
-    # Ratios against the reference of the same seed (runs of one seed are back to back).
+    # Ratios against the reference of the same seed (whose runs were interleaved with it).
     ref_by_seed = {r["seed"]: r["throughput"] for r in results if r["policy"] == "ref"}
     for r in results:
         ref = ref_by_seed.get(r["seed"])

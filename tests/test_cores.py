@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rimrl.cores import GRU, LSTM, RIM, make_core
-from rimrl.cores.grouped import LSTMPointwise, make_grouped_cell
+from rimrl.cores.grouped import make_grouped_cell
 
 T, B, INPUT, HIDDEN = 7, 5, 24, 48
 
@@ -154,16 +154,6 @@ def test_grouped_cells_match_torch_cells(kind: str) -> None:
         else:
             h_ref = reference(x[g], h[g])
         assert (h_next[g] - h_ref).abs().max() < 1e-6
-
-
-def test_lstm_pointwise_backward_is_exact() -> None:
-    """The hand-written LSTM backward against finite differences (float64), h and c used or not."""
-    torch.manual_seed(0)
-    gates = torch.randn(3, 4, 4 * 5, dtype=torch.float64, requires_grad=True)
-    c = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(LSTMPointwise.apply, (gates, c))
-    assert torch.autograd.gradcheck(lambda g_, c_: LSTMPointwise.apply(g_, c_)[0], (gates, c))
-    assert torch.autograd.gradcheck(lambda g_, c_: LSTMPointwise.apply(g_, c_)[1], (gates, c))
 
 
 def test_lstm_splits_only_at_starts_after_t0(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -85,45 +85,6 @@ class _GroupedCell(nn.Module):
         return self.step(x, hidden_gates, h, c)
 
 
-class LSTMPointwise(torch.autograd.Function):
-    """The LSTM cell after its matmuls, with a hand-written backward.
-
-    ``h', c' = LSTMPointwise.apply(gates, c)`` for ``gates`` ``(..., 4H)`` in the order (i, f, o, g)
-    and ``c`` ``(..., H)``: ``c' = σ(f) c + σ(i) tanh(g)``, ``h' = σ(o) tanh(c')``.
-
-    Why by hand: autograd records about nine nodes for these few elementwise ops (and two
-    concatenations in their backward). In a recurrent loop over small batches the per-node cost
-    dominates; here the step is one node, and the backward reuses the saved activations.
-    """
-
-    @staticmethod
-    def forward(ctx, gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        size = c.shape[-1]
-        sigmoids = torch.sigmoid(gates[..., : 3 * size])
-        i, f, o = sigmoids.chunk(3, dim=-1)
-        g = torch.tanh(gates[..., 3 * size :])
-        c_next = torch.addcmul(f * c, i, g)
-        tanh_c = torch.tanh(c_next)
-        ctx.save_for_backward(sigmoids, g, c, tanh_c)
-        return o * tanh_c, c_next
-
-    @staticmethod
-    def backward(ctx, grad_h: torch.Tensor, grad_c_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        sigmoids, g, c, tanh_c = ctx.saved_tensors
-        size = c.shape[-1]
-        i, f, o = sigmoids.chunk(3, dim=-1)
-        # dL/dc' in total: through h' = o tanh(c') and from the next step.
-        grad_c = torch.addcmul(grad_c_next, grad_h * o, 1.0 - tanh_c * tanh_c)
-        grad_gates = torch.empty(*c.shape[:-1], 4 * size, dtype=c.dtype, device=c.device)
-        # d/d(sigmoid outputs) of i, f, o, then through the sigmoid: s (1 - s).
-        torch.mul(grad_c, g, out=grad_gates[..., :size])
-        torch.mul(grad_c, c, out=grad_gates[..., size : 2 * size])
-        torch.mul(grad_h, tanh_c, out=grad_gates[..., 2 * size : 3 * size])
-        grad_gates[..., : 3 * size].mul_(sigmoids * (1.0 - sigmoids))
-        torch.mul(grad_c * i, 1.0 - g * g, out=grad_gates[..., 3 * size :])
-        return grad_gates, grad_c * f
-
-
 class GroupedLSTMCell(_GroupedCell):
     """``G`` independent LSTM cells (``torch.nn.LSTMCell``'s equations).
 
@@ -147,7 +108,11 @@ class GroupedLSTMCell(_GroupedCell):
         c: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         gates = torch.baddbmm(hidden_gates, x, self.input_gates.weight)  # the bias came with hidden_gates
-        return LSTMPointwise.apply(gates, c)
+        # split, not slices: the backward is one cat instead of two zero-filled full-size gradients.
+        sigmoid_gates, cell_input = gates.split([3 * self.hidden_size, self.hidden_size], dim=-1)
+        i, f, o = torch.sigmoid(sigmoid_gates).chunk(3, dim=-1)
+        c_next = torch.addcmul(f * c, i, torch.tanh(cell_input))
+        return o * torch.tanh(c_next), c_next
 
 
 class GroupedGRUCell(_GroupedCell):

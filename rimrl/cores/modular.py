@@ -192,6 +192,11 @@ class ModularCore(RecurrentCore):
         column_scale[:, : self.comm_key_size] = 1.0 / math.sqrt(self.comm_key_size)
         comm_weight = self.comm_qkv.weight * column_scale.view(-1)
 
+        # Per-step constants as locals: the loop is bound by per-op overhead at small batch sizes.
+        k, record_attention, cell_step, comm_out = self.k, self.record_attention, self.cell.step, self.comm_out
+        input_dropout = self.input_dropout.p if self.input_dropout.training else 0.0
+        comm_dropout = self.comm_dropout.p if self.comm_dropout.training else 0.0
+
         # Unit-major layout (U, B, S) so each unit's weights apply in one bmm.
         h = state[0].reshape(batch_size, units, self.unit_size).transpose(0, 1).contiguous()
         c = state[1].reshape(batch_size, units, self.unit_size).transpose(0, 1).contiguous()
@@ -206,23 +211,27 @@ class ModularCore(RecurrentCore):
             else:
                 read_h = torch.baddbmm(read_h_bias, h, read_h_weight)
             query, hidden_gates = read_h.split(split_h, dim=-1)
-            query = query.unflatten(-1, (heads, -1)).permute(1, 2, 0, 3).reshape(batch_size * heads, units, -1)
+            if heads == 1:
+                query = query.transpose(0, 1)
+            else:
+                query = query.unflatten(-1, (heads, -1)).permute(1, 2, 0, 3).reshape(batch_size * heads, units, -1)
             if input_logits is None:
                 scores = torch.bmm(query, step_keys[t])
             else:
                 scores = torch.baddbmm(input_logits, query, step_keys[t])
             attention = scores.softmax(dim=-1)
-            if self.record_attention:
+            if record_attention:
                 attentions.append(attention.detach().view(batch_size, heads, units, -1).mean(1))
 
             # 2. Selection (hard, no gradient).
             if active_mask is not None:
                 unit_mask = active_mask[t].bool().t().unsqueeze(-1)
-            elif self.k is not None:
+            elif k is not None:
                 # The k units that attend least to the null slot (most to the real tokens).
-                null_attention = attention.detach()[..., 0].view(batch_size, heads, units)
-                null_attention = null_attention[:, 0] if heads == 1 else null_attention.mean(1)  # (B, U)
-                chosen = null_attention.topk(self.k, dim=1, largest=False).indices
+                null_attention = attention.detach()[:, :, 0]  # (B * heads, U)
+                if heads > 1:
+                    null_attention = null_attention.view(batch_size, heads, units).mean(1)
+                chosen = null_attention.topk(k, dim=1, largest=False).indices
                 mask = torch.zeros(batch_size, units, dtype=torch.bool, device=x.device)
                 unit_mask = mask.scatter_(1, chosen, True).t().unsqueeze(-1)  # (U, B, 1)
                 if eligible_mask is not None:
@@ -232,9 +241,14 @@ class ModularCore(RecurrentCore):
             masks.append(unit_mask)
 
             # 3. Independent dynamics on each unit's own attended input (the null value is zero).
-            attended = torch.bmm(self.input_dropout(attention), step_values[t])  # (B * heads, U, dv)
-            attended = attended.view(batch_size, heads, units, -1).permute(2, 0, 1, 3).reshape(units, batch_size, -1)
-            h_cell, c_cell = self.cell.step(attended, hidden_gates, h, c)
+            if input_dropout:
+                attention = F.dropout(attention, input_dropout, training=True)
+            attended = torch.bmm(attention, step_values[t])  # (B * heads, U, dv)
+            if heads == 1:
+                attended = attended.transpose(0, 1)
+            else:
+                attended = attended.view(batch_size, heads, units, -1).permute(2, 0, 1, 3).reshape(units, batch_size, -1)
+            h_cell, c_cell = cell_step(attended, hidden_gates, h, c)
             if all_active:
                 h_tilde, c = h_cell, c_cell
             else:
@@ -244,14 +258,16 @@ class ModularCore(RecurrentCore):
             # 4. Communication among all units' states (inactive ones: their previous state); a
             #    residual for the active ones.
             qkv = torch.bmm(h_tilde, comm_weight).view(units, batch_size * comm_heads, -1).transpose(0, 1)
-            q, k, v = qkv.split(comm_split, dim=-1)  # each (B * heads, U, d); q already scaled
+            q, k_comm, v = qkv.split(comm_split, dim=-1)  # each (B * heads, U, d); q already scaled
             if comm_logits is None:
-                scores = torch.bmm(q, k.transpose(1, 2))
+                scores = torch.bmm(q, k_comm.transpose(1, 2))
             else:
-                scores = torch.baddbmm(comm_logits, q, k.transpose(1, 2))
-            read = torch.bmm(self.comm_dropout(scores.softmax(dim=-1)), v)
-            read = read.transpose(0, 1).reshape(units, batch_size, -1)
-            h_comm = h_tilde + (read if self.comm_out is None else self.comm_out(read))
+                scores = torch.baddbmm(comm_logits, q, k_comm.transpose(1, 2))
+            weights = scores.softmax(dim=-1)
+            if comm_dropout:
+                weights = F.dropout(weights, comm_dropout, training=True)
+            read = torch.bmm(weights, v).transpose(0, 1).reshape(units, batch_size, -1)
+            h_comm = h_tilde + (read if comm_out is None else comm_out(read))
 
             # 5. Sparse update: inactive units keep h exactly (and, above, c).
             h = h_comm if all_active else torch.where(unit_mask, h_comm, h)
