@@ -218,10 +218,11 @@ def test_inactive_units_keep_state_bit_for_bit(cell: str) -> None:
 def test_selection_uses_least_null_attention() -> None:
     core = rim().eval()
     x = torch.randn(1, B, INPUT)
-    keys, _ = core.input_keys_values(x)
+    keys_t, _ = core.input_keys_values(x)  # (T, B * heads, d, N + 1)
+    keys_t = keys_t[0].view(B, core.num_input_heads, core.input_key_size, -1)
     h0 = torch.zeros(1, B, HIDDEN)
     query = core.input_query(h0.view(B, 6, -1).transpose(0, 1)).view(6, B, core.num_input_heads, -1)
-    scores = torch.einsum("ubhd,bnhd->bhun", query, keys[0]) / core.input_key_size**0.5
+    scores = torch.einsum("ubhd,bhdn->bhun", query, keys_t) / core.input_key_size**0.5
     null_attention = scores.softmax(-1)[..., 0].mean(1)  # (B, U)
     core(x)
     chosen = core.last_active_mask[0]
@@ -234,9 +235,9 @@ def test_selection_uses_least_null_attention() -> None:
 def test_null_key_and_value_are_zero() -> None:
     core = rim()
     assert core.input_key.bias is None and core.input_value.bias is None
-    keys, values = core.input_keys_values(torch.randn(T, B, INPUT))
-    assert keys.shape[2] == values.shape[2] == core.num_tokens + 1
-    assert torch.count_nonzero(keys[:, :, 0]) == 0
+    keys_t, values = core.input_keys_values(torch.randn(T, B, INPUT))
+    assert keys_t.shape[-1] == values.shape[2] == core.num_tokens + 1
+    assert torch.count_nonzero(keys_t[..., 0]) == 0
     assert torch.count_nonzero(values[:, :, 0]) == 0
     assert torch.count_nonzero(values[:, :, 1:]) > 0
 

@@ -120,20 +120,28 @@ class ModularCore(RecurrentCore):
         return None, None, None
 
     def input_keys_values(self, x: torch.Tensor, key_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shared keys and values of the input set with the null token placed first.
+        """Shared keys and values of the input set with the null token placed first, in the
+        layouts a step's attention multiplies with.
 
-        ``x`` ``(T, B, input_size)`` -> keys ``(T, B, N + 1, heads, input_key_size)`` (times
-        ``key_scale``) and values ``(T, B, N + 1, heads, input_value_size)``; slot 0 is the null
-        token, whose key and value are exactly zero (the projections have no bias).
+        ``x`` ``(T, B, input_size)`` -> transposed keys ``(T, B * heads, input_key_size, N + 1)``
+        (times ``key_scale``) and values ``(T, B * heads, N + 1, input_value_size)``, rows ordered
+        (batch, head); slot 0 is the null token, whose key and value are exactly zero (the
+        projections have no bias). The keys are computed transposed and the two projections kept
+        apart so that, for one head, no copy or split stands between them and the steps, in the
+        forward or the backward pass.
         """
         seq_len, batch_size = x.shape[:2]
+        heads = self.num_input_heads
         tokens = x.reshape(seq_len, batch_size, self.num_tokens, self.token_dim)
         tokens = torch.cat([tokens.new_zeros(seq_len, batch_size, 1, self.token_dim), tokens], dim=2)
         key_weight = self.input_key.weight if key_scale == 1.0 else self.input_key.weight * key_scale
-        key_value = F.linear(tokens, torch.cat([key_weight, self.input_value.weight]))  # one matmul
-        # split, not two slices: the backward is then one cat, not two zero-filled full-size grads.
-        keys, values = key_value.split([key_weight.shape[0], self.input_value.weight.shape[0]], dim=-1)
-        return keys.unflatten(-1, (self.num_input_heads, -1)), values.unflatten(-1, (self.num_input_heads, -1))
+        keys_t = torch.matmul(key_weight, tokens.transpose(2, 3))  # (T, B, heads * dk, N + 1)
+        keys_t = keys_t.view(seq_len, batch_size * heads, self.input_key_size, self.num_tokens + 1)
+        values = F.linear(tokens, self.input_value.weight)  # (T, B, N + 1, heads * dv)
+        if heads > 1:
+            values = values.unflatten(-1, (heads, -1)).transpose(2, 3)
+        values = values.reshape(seq_len, batch_size * heads, self.num_tokens + 1, self.input_value_size)
+        return keys_t, values
 
     def forward(
         self,
@@ -164,13 +172,9 @@ class ModularCore(RecurrentCore):
             )
         # Everything that does not depend on the state is computed once, outside the time loop.
         input_logits, comm_logits, eligible = self.attention_terms()
-        # Keys (attention scale folded in) and values as (T, B * heads, N + 1, d): a step's scores
-        # and reads are then one bmm each.
-        keys, values = (
-            part.transpose(2, 3).reshape(seq_len, batch_size * heads, self.num_tokens + 1, -1)
-            for part in self.input_keys_values(x, key_scale=1.0 / math.sqrt(self.input_key_size))
-        )
-        keys_t = keys.transpose(2, 3)
+        # Keys (attention scale folded in) and values in (T, B * heads, ...) layouts: a step's
+        # scores and reads are then one bmm each.
+        keys_t, values = self.input_keys_values(x, key_scale=1.0 / math.sqrt(self.input_key_size))
         # unbind, not keys[t]: indexing in the loop would make backward zero-fill a (T, ...) tensor per step.
         step_keys, step_values, step_keep = keys_t.unbind(0), values.unbind(0), keep.unbind(0)
         # Which units may be active at all; with no top-k and all eligible nothing is masked.
