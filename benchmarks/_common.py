@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,16 +13,22 @@ from rich.console import Console
 from rich.table import Table
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_seconds(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Wall times of every ``fn`` over ``rounds`` rounds, each round calling each ``fn`` once in turn.
+
+    On a shared machine whose speed drifts, timing one function after another compares different
+    moments; in rounds, every function sees the same drift, and per-round ratios cancel it.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def machine_info() -> dict[str, object]:
@@ -41,7 +46,7 @@ def print_table(title: str, columns: list[str], rows: list[list[object]]) -> Non
         table.add_column(column, justify="right" if column != columns[0] else "left")
     for row in rows:
         table.add_row(*(f"{cell:.3g}" if isinstance(cell, float) else str(cell) for cell in row))
-    Console().print(table)
+    Console(width=160).print(table)
 
 
 def write_json(path: str | None, payload: dict) -> None:

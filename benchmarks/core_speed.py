@@ -1,7 +1,9 @@
 """Forward + backward time per sequence of rimrl's cores, as ratios to ``torch.nn.LSTM``.
 
-Every core sees the same ``(T, B, input)`` batch in one process; the reference LSTM is timed
-before and after each core and the ratio uses their mean, so drift on a shared machine cancels.
+Every core sees the same ``(T, B, input)`` batch in one process. All cores and the reference
+``torch.nn.LSTM`` (one per input size) are timed in interleaved rounds, each once per round; a
+core's ratio is the median over rounds of its time over the same round's reference time, so drift
+on a shared machine cancels. The ratio of the fastest times is printed beside it.
 
     python -m benchmarks.core_speed                 # T=64, B=64, input 256, hidden 384, 6 units, k=4
                                                     # (+ SRM on 49 tokens of 16: input 784)
@@ -11,12 +13,13 @@ before and after each core and the ratio uses their mean, so drift on a shared m
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from benchmarks._common import machine_info, median_seconds, print_table, write_json
+from benchmarks._common import interleaved_seconds, machine_info, print_table, write_json
 from rimrl.cores import make_core
 
 
@@ -44,13 +47,15 @@ def core_factories(args: argparse.Namespace) -> list[tuple[str, int, Callable[[]
     ]
 
 
-def time_fwd_bwd(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
+def fwd_bwd(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One training-mode forward + backward of ``module`` on ``x`` (a mean-square loss)."""
+
     def step() -> None:
         module.zero_grad(set_to_none=True)
         out = module(x)[0]
         out.pow(2).mean().backward()
 
-    return median_seconds(step, repeats)
+    return step
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--units", type=int, default=6)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--grid-token-dim", type=int, default=16, help="token size of the 49-token SRM row (MiniGrid encoder: 16)")
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved rounds")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -78,20 +83,24 @@ def main(argv: list[str] | None = None) -> None:
         return inputs[input_size]
 
     batch_and_reference(args.input)
+    cores = [(label, num_tokens, factory().train()) for label, num_tokens, factory in core_factories(args)]
+    for _, _, core in cores:
+        batch_and_reference(core.input_size)
+    steps = {f"ref:{size}": fwd_bwd(ref, x) for size, (x, ref) in inputs.items()}
+    steps.update({label: fwd_bwd(core, batch_and_reference(core.input_size)[0]) for label, _, core in cores})
+    times = interleaved_seconds(steps, args.repeats)
     rows, results = [], []
-    for label, num_tokens, factory in core_factories(args):
-        core = factory().train()
-        x, reference = batch_and_reference(core.input_size)
-        ref_before = time_fwd_bwd(reference, x, args.repeats)
-        seconds = time_fwd_bwd(core, x, args.repeats)
-        ref_after = time_fwd_bwd(reference, x, args.repeats)
-        ref = (ref_before + ref_after) / 2
-        rows.append([label, num_tokens, seconds * 1e3, ref * 1e3, seconds / ref])
-        results.append({"core": label, "num_tokens": num_tokens, "input_size": core.input_size, "seconds": seconds, "lstm_seconds": ref, "ratio": seconds / ref})
+    for label, num_tokens, core in cores:
+        core_times, ref_times = times[label], times[f"ref:{core.input_size}"]
+        ratio = statistics.median(c / r for c, r in zip(core_times, ref_times, strict=True))
+        best_ratio = min(core_times) / min(ref_times)
+        rows.append([label, num_tokens, min(core_times) * 1e3, min(ref_times) * 1e3, ratio, best_ratio])
+        results.append({"core": label, "num_tokens": num_tokens, "input_size": core.input_size,
+                        "seconds": core_times, "lstm_seconds": ref_times, "ratio": ratio, "best_ratio": best_ratio})
     print_table(
         f"forward+backward per sequence, T={args.seq_len} B={args.batch} input={args.input} "
         f"hidden={args.hidden} ({args.threads} thread(s))",
-        ["core", "tokens", "ms", "torch.nn.LSTM ms", "ratio to nn.LSTM"],
+        ["core", "tokens", "best ms", "nn.LSTM best ms", "ratio to nn.LSTM (median of rounds)", "ratio of best times"],
         rows,
     )
     write_json(args.json, {"args": vars(args), "machine": machine_info(), "results": results})
