@@ -7,6 +7,7 @@ import torch
 
 from rimrl.cores import GRU, LSTM, RIM, make_core
 from rimrl.cores.grouped import make_grouped_cell
+from rimrl.cores.modular import dropout_within_heads
 
 T, B, INPUT, HIDDEN = 7, 5, 24, 48
 
@@ -154,6 +155,25 @@ def test_grouped_cells_match_torch_cells(kind: str) -> None:
         else:
             h_ref = reference(x[g], h[g])
         assert (h_next[g] - h_ref).abs().max() < 1e-6
+
+
+def test_communication_dropout_acts_within_heads_only() -> None:
+    """Dropout in the all-heads communication layout: cross-head zeros stay zero, each within-head
+    weight is dropped independently with probability p and the kept ones scaled by 1 / (1 - p)."""
+    units, heads, batch, p = 5, 3, 400, 0.3
+    rows = torch.arange(units * heads) % heads
+    same_head = rows[:, None] == rows[None, :]
+    weights = torch.rand(batch, units * heads, units * heads) * same_head
+    torch.manual_seed(0)
+    dropped = dropout_within_heads(weights, p, units, heads)
+    assert torch.count_nonzero(dropped[:, ~same_head]) == 0
+    kept = dropped[:, same_head] != 0
+    assert torch.allclose(dropped[:, same_head][kept], weights[:, same_head][kept] / (1 - p))
+    assert abs(1 - kept.float().mean().item() - p) < 0.02
+    # Independent across heads: the same (u, u') pair is not dropped in all heads together.
+    per_head = dropped.view(batch, units, heads, units, heads)
+    diagonal = torch.stack([per_head[:, :, h, :, h] != 0 for h in range(heads)], dim=-1)  # (B, U, U, heads)
+    assert (diagonal.any(-1) & ~diagonal.all(-1)).float().mean() > 0.3
 
 
 def test_lstm_splits_only_at_starts_after_t0(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,6 +25,21 @@ from rimrl.cores.base import RecurrentCore, State, check_divisible, check_positi
 from rimrl.cores.grouped import CELL_KINDS, GroupedLinear, make_grouped_cell
 
 
+def dropout_within_heads(weights: torch.Tensor, p: float, units: int, heads: int) -> torch.Tensor:
+    """Dropout of the communication attention in its all-heads layout.
+
+    ``weights`` ``(B, U * heads, U * heads)``, rows and columns ordered (unit, head), is zero
+    between different heads. Each within-head weight ``((u, h), (u', h))`` is kept with probability
+    ``1 - p`` and scaled by ``1 / (1 - p)``, independently — the same as dropout on the per-head
+    ``(B, heads, U, U)`` weights, drawing ``heads`` times fewer random numbers than dropout on the
+    whole matrix (whose cross-head zeros stay zero whatever scales them).
+    """
+    batch_size = weights.shape[0]
+    keep = torch.empty(batch_size, heads, units, units, dtype=weights.dtype, device=weights.device)
+    keep = keep.bernoulli_(1.0 - p).div_(1.0 - p).permute(0, 2, 1, 3).unsqueeze(-1)  # (B, U, heads, U, 1)
+    return (weights.view(batch_size, units, heads, units, heads) * keep).view_as(weights)
+
+
 class ModularCore(RecurrentCore):
     """Units (modules) of ``unit_size`` with grouped cells, input attention and communication.
 
@@ -277,7 +292,7 @@ class ModularCore(RecurrentCore):
             scores = torch.baddbmm(comm_bias, q, k_comm.transpose(1, 2))  # (B, U * heads, U * heads)
             weights = scores.softmax(dim=-1)
             if comm_dropout:
-                weights = F.dropout(weights, comm_dropout, training=True)
+                weights = dropout_within_heads(weights, comm_dropout, units, comm_heads)
             read = torch.bmm(weights, v).view(batch_size, units, -1).transpose(0, 1)  # (U, B, heads * dv)
             h_comm = h_tilde + (read if comm_out is None else comm_out(read))
 
