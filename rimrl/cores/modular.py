@@ -140,19 +140,19 @@ class ModularCore(RecurrentCore):
 
         ``x`` ``(T, B, input_size)`` -> transposed keys ``(T, B * heads, input_key_size, N + 1)``
         (times ``key_scale``) and values ``(T, B * heads, N + 1, input_value_size)``, rows ordered
-        (batch, head); slot 0 is the null token, whose key and value are exactly zero (the
-        projections have no bias). The keys are computed transposed and the two projections kept
-        apart so that, for one head, no copy or split stands between them and the steps, in the
-        forward or the backward pass.
+        (batch, head); slot 0 is the null token, whose key and value are exactly zero (padded
+        in: what the bias-free projections give a zero token). The keys are computed transposed
+        and the two projections kept apart so that, for one head, no copy or split stands between
+        them and the steps, in the forward or the backward pass.
         """
         seq_len, batch_size = x.shape[:2]
         heads = self.num_input_heads
         tokens = x.reshape(seq_len, batch_size, self.num_tokens, self.token_dim)
-        tokens = torch.cat([tokens.new_zeros(seq_len, batch_size, 1, self.token_dim), tokens], dim=2)
         key_weight = self.input_key.weight if key_scale == 1.0 else self.input_key.weight * key_scale
-        keys_t = torch.matmul(key_weight, tokens.transpose(2, 3))  # (T, B, heads * dk, N + 1)
+        # The null slot is padded in as exact zeros after the projections (no matmul of zero rows).
+        keys_t = F.pad(torch.matmul(key_weight, tokens.transpose(2, 3)), (1, 0))  # (T, B, heads * dk, N + 1)
         keys_t = keys_t.view(seq_len, batch_size * heads, self.input_key_size, self.num_tokens + 1)
-        values = F.linear(tokens, self.input_value.weight)  # (T, B, N + 1, heads * dv)
+        values = F.pad(F.linear(tokens, self.input_value.weight), (0, 0, 1, 0))  # (T, B, N + 1, heads * dv)
         if heads > 1:
             values = values.unflatten(-1, (heads, -1)).transpose(2, 3)
         values = values.reshape(seq_len, batch_size * heads, self.num_tokens + 1, self.input_value_size)
