@@ -208,3 +208,23 @@ def test_load_agent_bad_files(tmp_path, saved_cartpole):
     PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1), n_steps=16, batch_size=16).save(str(ppo_path))
     with pytest.raises(AgentLoadError, match="does not hold a RecurrentPPO agent"):
         load_agent(ppo_path)
+
+
+def test_read_yaml_mapping_errors_name_the_file(tmp_path) -> None:
+    """One reader for every YAML mapping (presets, CLI configs, run configs), with the caller's error type."""
+    from rimrl.agents.presets import read_yaml_mapping
+
+    class InputError(ValueError):
+        pass
+
+    empty, broken, listing = tmp_path / "empty.yml", tmp_path / "broken.yml", tmp_path / "list.yml"
+    empty.write_text("")
+    broken.write_text("a: [1, 2\n")
+    listing.write_text("- 1\n- 2\n")
+    assert read_yaml_mapping(empty) == {}
+    with pytest.raises(InputError, match=r"run config '.*missing\.yml' not found"):
+        read_yaml_mapping(tmp_path / "missing.yml", "run config", InputError)
+    with pytest.raises(InputError, match=r"cannot read run config '.*broken\.yml'"):
+        read_yaml_mapping(broken, "run config", InputError)
+    with pytest.raises(InputError, match="must hold a mapping, got list"):
+        read_yaml_mapping(listing, "run config", InputError)

@@ -138,10 +138,27 @@ def load_preset(preset: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         path = config_dir() / f"{preset}.yml"
     if not path.is_file():
         raise ValueError(f"preset file {str(path)!r} not found (presets folder: {config_dir()})")
-    with open(path) as handle:
-        data = yaml.safe_load(handle) or {}
+    return read_yaml_mapping(path, what="preset file")
+
+
+def read_yaml_mapping(path: str | Path, what: str = "YAML file", error: type[Exception] = ValueError) -> dict[str, Any]:
+    """Read a YAML file that holds a mapping (an empty file is ``{}``).
+
+    A missing or unreadable file, a parse error or a non-mapping raises ``error`` with one line
+    that names ``what`` and the path (callers pick their own error type: the CLIs' usage error,
+    evaluation's input error).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as problem:
+        raise error(f"cannot read {what} {str(path)!r}: {' '.join(str(problem).split())}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ValueError(f"preset file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+        raise error(f"{what} {str(path)!r} must hold a mapping, got {type(data).__name__}")
     return data
 
 

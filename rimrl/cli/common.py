@@ -23,6 +23,7 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
+from rimrl.agents.presets import read_yaml_mapping
 from rimrl.agents.training import atomic_replace
 
 __all__ = [
@@ -152,18 +153,7 @@ def parse_key_values(items: Iterable[str], what: str = "--hyperparams") -> dict[
 
 def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """Read a YAML mapping; a missing file, a parse error or a non-mapping is a :class:`CLIError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CLIError(f"{what} {str(path)!r} not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise CLIError(f"cannot parse {what} {str(path)!r}: {one_line(error)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise CLIError(f"{what} {str(path)!r} must hold a mapping, got {type(data).__name__}")
-    return data
+    return read_yaml_mapping(path, what=what, error=CLIError)
 
 
 def to_yaml_safe(value: Any) -> Any:

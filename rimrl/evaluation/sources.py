@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sb3_contrib import RecurrentPPO
 
+from rimrl.agents.presets import read_yaml_mapping
 from rimrl.evaluation.environments import EvaluationInputError
 
 __all__ = ["CONFIG_FILE", "ModelSource", "core_of", "label_sources", "resolve_source", "resolve_sources"]
@@ -54,18 +54,6 @@ class ModelSource:
         return str(self.run_dir if self.run_dir is not None else self.path)
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise EvaluationInputError(f"cannot read {str(path)!r}: {' '.join(str(error).split())}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise EvaluationInputError(f"{str(path)!r} is not a run config (expected a mapping)")
-    return data
-
-
 def _seed_of(config: dict[str, Any], run_dir: Path | None) -> int | None:
     seed = config.get("seed")
     if isinstance(seed, int) and not isinstance(seed, bool):
@@ -91,7 +79,9 @@ def resolve_source(argument: str | Path, env: str | None = None, checkpoint: str
     else:
         zip_path = path
         run_dir = path.parent if (path.parent / CONFIG_FILE).is_file() else None
-    config = _read_config(run_dir / CONFIG_FILE) if run_dir is not None and (run_dir / CONFIG_FILE).is_file() else {}
+    config_path = None if run_dir is None else run_dir / CONFIG_FILE
+    has_config = config_path is not None and config_path.is_file()
+    config = read_yaml_mapping(config_path, "run config", EvaluationInputError) if has_config else {}
     env_id = env or config.get("env")
     if not env_id:
         where = f"{str(run_dir / CONFIG_FILE)!r} names no env" if run_dir is not None else "it has no config.yml next to it"
