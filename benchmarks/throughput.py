@@ -185,17 +185,34 @@ class TimedRun:
         policy.forward = timer.wrap("rollout_forward", policy.forward)  # type: ignore[method-assign]
         policy.evaluate_actions = timer.wrap("train_forward", policy.evaluate_actions)  # type: ignore[method-assign]
         policy.optimizer.step = timer.wrap("optimizer_step", policy.optimizer.step)  # type: ignore[method-assign]
-        self.steps, self.seconds, self.cpu_seconds = 0, 0.0, 0.0
+        self.minibatch_shapes: list[tuple[int, int]] = []  # (padded length, sequences) per training call
+        policy._process_sequence = self._record_shapes(policy._process_sequence)  # type: ignore[method-assign]
+        self.started, self.seconds, self.cpu_seconds = False, 0.0, 0.0
+
+    def _record_shapes(self, process_sequence: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap sb3-contrib's ``_process_sequence`` to note each training call's padded shape."""
+
+        def recorded(features: th.Tensor, lstm_states: tuple[th.Tensor, th.Tensor], *args: Any) -> Any:
+            if th.is_grad_enabled():
+                sequences = lstm_states[0].shape[1]
+                self.minibatch_shapes.append((features.shape[0] // sequences, sequences))
+            return process_sequence(features, lstm_states, *args)
+
+        return recorded
+
+    @property
+    def steps(self) -> int:
+        """Timed steps so far (the first ``advance`` restarts SB3's counter after the warm-up)."""
+        return self.model.num_timesteps if self.started else 0
 
     def advance(self, timesteps: int) -> None:
         """Train ``timesteps`` more steps (continuing the run), adding to the timers."""
-        before = self.model.num_timesteps
         start, start_cpu = time.perf_counter(), time.process_time()
         with self.timer.backward():
-            self.model.learn(timesteps, reset_num_timesteps=self.steps == 0)
+            self.model.learn(timesteps, reset_num_timesteps=not self.started)
+        self.started = True
         self.seconds += time.perf_counter() - start
         self.cpu_seconds += time.process_time() - start_cpu
-        self.steps += self.model.num_timesteps - (0 if self.steps == 0 else before)
 
     def result(self) -> dict[str, Any]:
         """steps/s, the phase breakdown and the mean return / success of the last 100 training
@@ -221,6 +238,9 @@ class TimedRun:
             # The figure ratios use (see --clock).
             "throughput": self.steps / (self.cpu_seconds if self.clock == "cpu" else self.seconds),
             "phases_s": phases,
+            # What the recurrent core is handed per training call: sequences padded to one length.
+            "mean_padded_length": float(np.mean([t for t, _ in self.minibatch_shapes])) if self.minibatch_shapes else None,
+            "mean_sequences": float(np.mean([b for _, b in self.minibatch_shapes])) if self.minibatch_shapes else None,
         }
 
 
@@ -302,7 +322,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results.append(result)
             print(f"{result['policy']} (seed {seed}): {result['steps_per_s']:.0f} steps/s, "
                   f"{result['steps_per_cpu_s']:.0f} steps/cpu-s ({result['seconds']:.1f} s), "
-                  f"return {result['ep_rew_mean']}", flush=True)
+                  f"return {result['ep_rew_mean']}, training calls: {result['mean_sequences']:.1f} "
+                  f"sequences padded to {result['mean_padded_length']:.1f} steps on average", flush=True)
     # Ratios against the reference of the same seed (whose runs were interleaved with it).
     ref_by_seed = {r["seed"]: r["throughput"] for r in results if r["policy"] == "ref"}
     for r in results:

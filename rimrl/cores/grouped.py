@@ -63,8 +63,8 @@ class _GroupedCell(nn.Module):
             if layer.bias is not None:
                 _uniform_(layer.bias, hidden_size)
 
-    def hidden_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Weight ``(G, H, gates * H)`` and bias (or ``None``) of the projection of ``h`` that :meth:`step` takes."""
+    def hidden_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight ``(G, H, gates * H)`` and bias ``(G, 1, gates * H)`` of the projection of ``h`` that :meth:`step` takes."""
         raise NotImplementedError
 
     def step(
@@ -81,8 +81,7 @@ class _GroupedCell(nn.Module):
         self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         weight, bias = self.hidden_projection()
-        hidden_gates = torch.bmm(h, weight) if bias is None else torch.baddbmm(bias, h, weight)
-        return self.step(x, hidden_gates, h, c)
+        return self.step(x, torch.baddbmm(bias, h, weight), h, c)
 
 
 class GroupedLSTMCell(_GroupedCell):
@@ -97,7 +96,7 @@ class GroupedLSTMCell(_GroupedCell):
     num_gates = 4
     hidden_bias = False
 
-    def hidden_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def hidden_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.hidden_gates.weight, self.input_gates.bias
 
     def step(
@@ -124,7 +123,7 @@ class GroupedGRUCell(_GroupedCell):
     num_gates = 3
     hidden_bias = True
 
-    def hidden_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def hidden_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.hidden_gates.weight, self.hidden_gates.bias
 
     def step(

@@ -202,7 +202,7 @@ class ModularCore(RecurrentCore):
         query_size = heads * self.input_key_size
         hidden_weight, hidden_bias = self.cell.hidden_projection()
         read_h_weight = torch.cat([self.input_query.weight, hidden_weight], dim=-1)
-        read_h_bias = None if hidden_bias is None else F.pad(hidden_bias, (query_size, 0))  # queries: no bias
+        read_h_bias = F.pad(hidden_bias, (query_size, 0))  # the queries have no bias
         split_h = [query_size, hidden_weight.shape[-1]]
         comm_heads = self.num_comm_heads
         comm_split = [self.comm_key_size, self.comm_key_size, self.comm_value_size]
@@ -235,11 +235,7 @@ class ModularCore(RecurrentCore):
                 h, c = h * step_keep[t], c * step_keep[t]
 
             # 1. Input attention over [null, tokens]: (B * heads, U, N + 1).
-            if read_h_bias is None:
-                read_h = torch.bmm(h, read_h_weight)
-            else:
-                read_h = torch.baddbmm(read_h_bias, h, read_h_weight)
-            query, hidden_gates = read_h.split(split_h, dim=-1)
+            query, hidden_gates = torch.baddbmm(read_h_bias, h, read_h_weight).split(split_h, dim=-1)
             if heads == 1:
                 query = query.transpose(0, 1)
             else:

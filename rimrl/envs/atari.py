@@ -98,22 +98,24 @@ def is_atari_game(name: str) -> bool:
 
 
 @functools.cache
-def _roms_by_v5_name() -> dict[str, str]:
-    """``{"upndown": "up_n_down", ...}``: lower-cased game names of the ``ALE/<Name>-v5`` ids."""
+def _v5_ids() -> dict[str, str]:
+    """``{"ALE/Breakout-v5": "breakout", ...}``: the ids ale-py registers and their ROMs."""
     return {
-        _VERSION_SUFFIX.sub("", env_id.removeprefix("ALE/")).lower(): spec.kwargs["game"]
+        env_id: spec.kwargs["game"]
         for env_id, spec in gym.registry.items()
-        if env_id.startswith("ALE/") and "game" in spec.kwargs
+        if env_id.startswith("ALE/") and env_id.endswith("-v5") and "game" in spec.kwargs
     }
 
 
 @functools.cache
+def _roms_by_v5_name() -> dict[str, str]:
+    """``{"upndown": "up_n_down", ...}``: lower-cased game names of the ``ALE/<Name>-v5`` ids."""
+    return {_VERSION_SUFFIX.sub("", env_id.removeprefix("ALE/")).lower(): rom for env_id, rom in _v5_ids().items()}
+
+
+@functools.cache
 def _v5_ids_by_rom() -> dict[str, str]:
-    ids: dict[str, str] = {}
-    for env_id, spec in gym.registry.items():
-        if env_id.startswith("ALE/") and env_id.endswith("-v5") and "game" in spec.kwargs:
-            ids.setdefault(spec.kwargs["game"], env_id)
-    return ids
+    return {rom: env_id for env_id, rom in reversed(_v5_ids().items())}  # first id per ROM wins
 
 
 def atari_gym_id(game: str) -> str:
