@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
+from rimrl.evaluation.plots import save_figure  # noqa: E402
+
 __all__ = ["module_colors", "plot_active_units", "plot_srm_topology", "topology_arrays"]
 
 _OUTSIDE = (0.8, 0.8, 0.8, 1.0)
@@ -37,18 +39,13 @@ def plot_active_units(active: np.ndarray, path: str | Path, title: str = "", uni
     if active.ndim != 2 or active.size == 0:
         raise ValueError(f"active must be a non-empty (steps, units) array, got shape {active.shape}")
     steps, units = active.shape
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(min(16.0, 3.0 + steps * 0.08), 1.2 + 0.35 * units))
     ax.imshow(active.T, aspect="auto", interpolation="nearest", cmap=ListedColormap(["#f2f2f2", "#1f4e9c"]), vmin=0, vmax=1)
     ax.set_xlabel("step")
     ax.set_ylabel(unit_name)
     ax.set_yticks(range(units))
     ax.set_title(title + (f"\nactive {active.mean():.0%} of {unit_name}-steps" if title else ""), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def topology_arrays(topology: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -80,8 +77,6 @@ def plot_srm_topology(topology: dict[str, Any], path: str | Path, title: str = "
     colors = module_colors(modules.shape[0])
     owner = _token_owner(kernel)
     token_colors = np.array([colors[o] if o >= 0 else _OUTSIDE for o in owner])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     fig = plt.figure(figsize=(11, 5))
     if modules.shape[1] == 2:
@@ -120,7 +115,4 @@ def plot_srm_topology(topology: dict[str, Any], path: str | Path, title: str = "
         grid_ax.set_title("kernel K(module, token)", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

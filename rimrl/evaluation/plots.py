@@ -115,10 +115,15 @@ def plot_results(rows: Sequence[ResultRow], aggregates: Sequence[AggregateRow], 
         ax.set_ylim(0, 1.05)
     ax.set_title(f"{labels[metric]} per variant (95% CI; several seeds: IQM, stratified bootstrap)", fontsize=9, pad=14)
     ax.legend(fontsize=8, loc="best")
+    return save_figure(fig, path)
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, write it as ``path`` (folders created) and close it; returns the path."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -137,9 +142,4 @@ def plot_comparison(comparison: Sequence[GameComparison], path: str | Path) -> P
     first = ordered[0]
     ax.set_ylabel(f"relative improvement of {first.challenger} over {first.baseline} (%)")
     ax.set_title("100 (score - baseline) / (max(human, baseline) - random), full games", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
