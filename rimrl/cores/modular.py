@@ -23,21 +23,16 @@ from torch import nn
 
 from rimrl.cores.base import RecurrentCore, State, check_divisible, check_positive, check_probability
 from rimrl.cores.grouped import CELL_KINDS, GroupedLinear, make_grouped_cell
+from rimrl.cores.loop import LoopSettings, apply_within_heads, run_modular_loop, within_head_dropout_mask
 
 
 def dropout_within_heads(weights: torch.Tensor, p: float, units: int, heads: int) -> torch.Tensor:
-    """Dropout of the communication attention in its all-heads layout.
-
-    ``weights`` ``(B, U * heads, U * heads)``, rows and columns ordered (unit, head), is zero
-    between different heads. Each within-head weight ``((u, h), (u', h))`` is kept with probability
-    ``1 - p`` and scaled by ``1 / (1 - p)``, independently — the same as dropout on the per-head
-    ``(B, heads, U, U)`` weights, drawing ``heads`` times fewer random numbers than dropout on the
-    whole matrix (whose cross-head zeros stay zero whatever scales them).
-    """
-    batch_size = weights.shape[0]
-    keep = torch.empty(batch_size, heads, units, units, dtype=weights.dtype, device=weights.device)
-    keep = keep.bernoulli_(1.0 - p).div_(1.0 - p).permute(0, 2, 1, 3).unsqueeze(-1)  # (B, U, heads, U, 1)
-    return (weights.view(batch_size, units, heads, units, heads) * keep).view_as(weights)
+    """Dropout of the communication attention ``(B, U * heads, U * heads)`` in its all-heads
+    layout (rows and columns ordered (unit, head), zero between different heads): each
+    within-head weight is dropped independently, as on the per-head ``(B, heads, U, U)`` weights.
+    See :func:`rimrl.cores.loop.within_head_dropout_mask`."""
+    mask = within_head_dropout_mask(weights.shape[0], p, units, heads, weights)
+    return apply_within_heads(weights, mask, units, heads)
 
 
 class ModularCore(RecurrentCore):
@@ -123,6 +118,7 @@ class ModularCore(RecurrentCore):
         self.comm_out = None if read_size == unit_size else GroupedLinear(num_units, read_size, unit_size)
         self.comm_dropout = nn.Dropout(comm_dropout)
         self.record_attention = False
+        self.fold_projections = True  # see attention_operands
         self.last_active_mask: torch.Tensor | None = None
         self.last_input_attention: torch.Tensor | None = None
 
@@ -135,8 +131,8 @@ class ModularCore(RecurrentCore):
         return None, None, None
 
     def input_keys_values(self, x: torch.Tensor, key_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shared keys and values of the input set with the null token placed first, in the
-        layouts a step's attention multiplies with.
+        """Shared keys and values of the input set with the null token placed first, as the paper
+        writes them, in the layouts a step's attention multiplies with.
 
         ``x`` ``(T, B, input_size)`` -> transposed keys ``(T, B * heads, input_key_size, N + 1)``
         (times ``key_scale``) and values ``(T, B * heads, N + 1, input_value_size)``, rows ordered
@@ -145,18 +141,64 @@ class ModularCore(RecurrentCore):
         and the two projections kept apart so that, for one head, no copy or split stands between
         them and the steps, in the forward or the backward pass.
         """
-        seq_len, batch_size = x.shape[:2]
-        heads = self.num_input_heads
-        tokens = x.reshape(seq_len, batch_size, self.num_tokens, self.token_dim)
+        tokens = self._tokens(x)
+        return self._input_keys_t(tokens, key_scale), self._input_values(tokens)
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """``(T, B, input_size)`` -> ``(T, B, N, token_dim)``."""
+        return x.reshape(x.shape[0], x.shape[1], self.num_tokens, self.token_dim)
+
+    def _input_keys_t(self, tokens: torch.Tensor, key_scale: float) -> torch.Tensor:
+        seq_len, batch_size = tokens.shape[:2]
         key_weight = self.input_key.weight if key_scale == 1.0 else self.input_key.weight * key_scale
         # The null slot is padded in as exact zeros after the projections (no matmul of zero rows).
         keys_t = F.pad(torch.matmul(key_weight, tokens.transpose(2, 3)), (1, 0))  # (T, B, heads * dk, N + 1)
-        keys_t = keys_t.view(seq_len, batch_size * heads, self.input_key_size, self.num_tokens + 1)
+        return keys_t.view(seq_len, batch_size * self.num_input_heads, self.input_key_size, self.num_tokens + 1)
+
+    def _input_values(self, tokens: torch.Tensor) -> torch.Tensor:
+        seq_len, batch_size = tokens.shape[:2]
+        heads = self.num_input_heads
         values = F.pad(F.linear(tokens, self.input_value.weight), (0, 0, 1, 0))  # (T, B, N + 1, heads * dv)
         if heads > 1:
             values = values.unflatten(-1, (heads, -1)).transpose(2, 3)
-        values = values.reshape(seq_len, batch_size * heads, self.num_tokens + 1, self.input_value_size)
-        return keys_t, values
+        return values.reshape(seq_len, batch_size * heads, self.num_tokens + 1, self.input_value_size)
+
+    def attention_operands(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What a step's input attention and cells multiply with: ``(keys_t, values, query_weight,
+        input_weight)``.
+
+        The attention is bilinear, ``(h W_q)(s W_k)^T = h (W_q W_k^T) s^T``, and the cells read
+        ``(a S W_v) W_x = (a S)(W_v W_x)``. With one head and tokens narrower than the keys
+        (values), the token projection is folded into each unit's query (input) weight: the steps
+        then read the raw tokens and no ``(T, B, N, d)`` projection of every token is made — for a
+        7x7 grid of 32-d tokens that projection costs more than the steps' whole attention. Same
+        equations and parameters; ``fold_projections = False`` keeps the paper's order of products.
+
+        Returns keys ``(T, B * heads, d_q, N + 1)`` (the attention scale folded in, slot 0 the null
+        token, exactly zero), values ``(T, B * heads, N + 1, d_v)``, the queries' weight
+        ``(U, unit_size, heads * d_q)`` and the cells' input weight ``(U, heads * d_v, gates * unit_size)``.
+        """
+        key_scale = 1.0 / math.sqrt(self.input_key_size)
+        one_head = self.num_input_heads == 1 and self.fold_projections
+        fold_keys = one_head and self.token_dim < self.input_key_size
+        fold_values = one_head and self.token_dim <= self.input_value_size
+        tokens = self._tokens(x)
+        query_weight, input_weight = self.input_query.weight, self.cell.input_projection()[0]
+        if fold_keys or fold_values:
+            padded = F.pad(tokens, (0, 0, 1, 0))  # (T, B, N + 1, D), the null token (zeros) first
+        if fold_keys:
+            keys_t = padded.transpose(2, 3)
+            query_weight = torch.matmul(query_weight, self.input_key.weight) * key_scale  # (U, S, D)
+        else:
+            keys_t = self._input_keys_t(tokens, key_scale)
+        if fold_values:
+            values = padded
+            input_weight = torch.matmul(self.input_value.weight.t(), input_weight)  # (U, D, gates * S)
+        else:
+            values = self._input_values(tokens)
+        return keys_t, values, query_weight, input_weight
 
     def forward(
         self,
@@ -187,23 +229,19 @@ class ModularCore(RecurrentCore):
             )
         # Everything that does not depend on the state is computed once, outside the time loop.
         input_logits, comm_logits, eligible = self.attention_terms()
-        # Keys (attention scale folded in) and values in (T, B * heads, ...) layouts: a step's
-        # scores and reads are then one bmm each.
-        keys_t, values = self.input_keys_values(x, key_scale=1.0 / math.sqrt(self.input_key_size))
-        # unbind, not keys[t]: indexing in the loop would make backward zero-fill a (T, ...) tensor per step.
-        step_keys, step_values, step_keep = keys_t.unbind(0), values.unbind(0), keep.unbind(0)
+        # Keys and values in (T, B * heads, ...) layouts: a step's scores and reads are then one
+        # bmm each.
+        keys_t, values, query_weight, input_weight = self.attention_operands(x)
         # Which units may be active at all; with no top-k and all eligible nothing is masked.
-        eligible_mask = None if eligible is None else eligible.view(units, 1, 1).expand(units, batch_size, 1)
         all_active = active_mask is None and self.k is None and (eligible is None or bool(eligible.all()))
         # One host sync up front instead of a multiply per step: which steps reset any row.
         reset_steps = keep[:, :, 0].lt(1).any(dim=1).tolist()
 
         # The units' queries and the cells' recurrent gates both read h: one matmul per step.
-        query_size = heads * self.input_key_size
+        query_size = query_weight.shape[-1]
         hidden_weight, hidden_bias = self.cell.hidden_projection()
-        read_h_weight = torch.cat([self.input_query.weight, hidden_weight], dim=-1)
+        read_h_weight = torch.cat([query_weight, hidden_weight], dim=-1)
         read_h_bias = F.pad(hidden_bias, (query_size, 0))  # the queries have no bias
-        split_h = [query_size, hidden_weight.shape[-1]]
         comm_heads = self.num_comm_heads
         comm_split = [self.comm_key_size, self.comm_key_size, self.comm_value_size]
         # The communication scale 1/sqrt(d) folded into the query columns of each head.
@@ -221,88 +259,40 @@ class ModularCore(RecurrentCore):
         if comm_logits is not None:
             comm_bias = comm_bias + comm_logits.repeat_interleave(comm_heads, 0).repeat_interleave(comm_heads, 1)
 
-        # Per-step constants as locals: the loop is bound by per-op overhead at small batch sizes.
-        k, record_attention, cell_step, comm_out = self.k, self.record_attention, self.cell.step, self.comm_out
-        input_dropout = self.input_dropout.p if self.input_dropout.training else 0.0
-        comm_dropout = self.comm_dropout.p if self.comm_dropout.training else 0.0
-
+        input_bias = self.cell.input_projection()[1]
+        comm_out = self.comm_out
+        settings = LoopSettings(
+            cell=self.cell,
+            units=units,
+            input_heads=heads,
+            comm_heads=comm_heads,
+            query_size=query_size,
+            comm_split=comm_split,
+            k=self.k,
+            eligible=None if eligible is None else eligible.view(units, 1, 1),
+            active_mask=active_mask,
+            all_active=all_active,
+            reset_steps=reset_steps,
+            input_dropout=self.input_dropout.p if self.input_dropout.training else 0.0,
+            comm_dropout=self.comm_dropout.p if self.comm_dropout.training else 0.0,
+            record_attention=self.record_attention,
+        )
         # Unit-major layout (U, B, S) so each unit's weights apply in one bmm.
-        h = state[0].reshape(batch_size, units, self.unit_size).transpose(0, 1).contiguous()
-        c = state[1].reshape(batch_size, units, self.unit_size).transpose(0, 1).contiguous()
-        outputs, masks, attentions = [], [], []
-        for t in range(seq_len):
-            if reset_steps[t]:
-                h, c = h * step_keep[t], c * step_keep[t]
-
-            # 1. Input attention over [null, tokens]: (B * heads, U, N + 1).
-            query, hidden_gates = torch.baddbmm(read_h_bias, h, read_h_weight).split(split_h, dim=-1)
-            if heads == 1:
-                query = query.transpose(0, 1)
-            else:
-                query = query.unflatten(-1, (heads, -1)).permute(1, 2, 0, 3).reshape(batch_size * heads, units, -1)
-            if input_logits is None:
-                scores = torch.bmm(query, step_keys[t])
-            else:
-                scores = torch.baddbmm(input_logits, query, step_keys[t])
-            attention = scores.softmax(dim=-1)
-            if record_attention:
-                attentions.append(attention.detach().view(batch_size, heads, units, -1).mean(1))
-
-            # 2. Selection (hard, no gradient).
-            if active_mask is not None:
-                unit_mask = active_mask[t].bool().t().unsqueeze(-1)
-            elif k is not None:
-                # The k units that attend least to the null slot (most to the real tokens).
-                null_attention = attention.detach()[:, :, 0]  # (B * heads, U)
-                if heads > 1:
-                    null_attention = null_attention.view(batch_size, heads, units).mean(1)
-                chosen = null_attention.topk(k, dim=1, largest=False).indices
-                mask = torch.zeros(batch_size, units, dtype=torch.bool, device=x.device)
-                unit_mask = mask.scatter_(1, chosen, True).t().unsqueeze(-1)  # (U, B, 1)
-                if eligible_mask is not None:
-                    unit_mask = unit_mask & eligible_mask
-            else:
-                unit_mask = eligible_mask
-            masks.append(unit_mask)
-
-            # 3. Independent dynamics on each unit's own attended input (the null value is zero).
-            if input_dropout:
-                attention = F.dropout(attention, input_dropout, training=True)
-            attended = torch.bmm(attention, step_values[t])  # (B * heads, U, dv)
-            if heads == 1:
-                attended = attended.transpose(0, 1)
-            else:
-                attended = attended.view(batch_size, heads, units, -1).permute(2, 0, 1, 3).reshape(units, batch_size, -1)
-            h_cell, c_cell = cell_step(attended, hidden_gates, h, c)
-            if all_active:
-                h_tilde, c = h_cell, c_cell
-            else:
-                h_tilde = torch.where(unit_mask, h_cell, h)
-                c = torch.where(unit_mask, c_cell, c)
-
-            # 4. Communication among all units' states (inactive ones: their previous state); a
-            #    residual for the active ones.
-            qkv = torch.bmm(h_tilde, comm_weight).view(units, batch_size, comm_heads, -1)
-            qkv = qkv.transpose(0, 1).reshape(batch_size, comm_rows, -1)
-            q, k_comm, v = qkv.split(comm_split, dim=-1)  # each (B, U * heads, d); q already scaled
-            scores = torch.baddbmm(comm_bias, q, k_comm.transpose(1, 2))  # (B, U * heads, U * heads)
-            weights = scores.softmax(dim=-1)
-            if comm_dropout:
-                weights = dropout_within_heads(weights, comm_dropout, units, comm_heads)
-            read = torch.bmm(weights, v).view(batch_size, units, -1).transpose(0, 1)  # (U, B, heads * dv)
-            h_comm = h_tilde + (read if comm_out is None else comm_out(read))
-
-            # 5. Sparse update: inactive units keep h exactly (and, above, c).
-            h = h_comm if all_active else torch.where(unit_mask, h_comm, h)
-            outputs.append(h)
+        h0 = state[0].reshape(batch_size, units, self.unit_size).transpose(0, 1).contiguous()
+        c0 = state[1].reshape(batch_size, units, self.unit_size).transpose(0, 1).contiguous()
+        outputs, c = run_modular_loop(
+            settings, keys_t, values, keep, h0, c0, read_h_weight, read_h_bias, input_weight, input_bias,
+            input_logits, comm_weight, comm_bias,
+            None if comm_out is None else comm_out.weight, None if comm_out is None else comm_out.bias,
+        )  # fmt: skip  # outputs (T, U, B, S)
 
         if all_active:
             self.last_active_mask = torch.ones(seq_len, batch_size, units, dtype=torch.bool, device=x.device)
         else:
-            self.last_active_mask = torch.stack(masks).squeeze(-1).transpose(1, 2).detach()  # (T, B, U)
-        self.last_input_attention = torch.stack(attentions) if attentions else None
-        out = torch.stack(outputs).permute(0, 2, 1, 3).reshape(seq_len, batch_size, self.hidden_size)
-        h_final = h.transpose(0, 1).reshape(1, batch_size, self.hidden_size)
+            self.last_active_mask = torch.stack(settings.masks).squeeze(-1).transpose(1, 2)  # (T, B, U)
+        self.last_input_attention = torch.stack(settings.attentions) if settings.attentions else None
+        out = outputs.permute(0, 2, 1, 3).reshape(seq_len, batch_size, self.hidden_size)
+        h_final = out[-1:]
         if self.cell_kind == "gru":
             c_final = torch.zeros_like(h_final)
         else:
