@@ -26,22 +26,18 @@ from torch import nn
 def within_head_dropout_mask(
     batch_size: int, p: float, units: int, heads: int, like: torch.Tensor
 ) -> torch.Tensor:
-    """Scaled keep-mask ``(B, U, heads, U, 1)`` for the communication weights in their all-heads
-    layout ``(B, U * heads, U * heads)`` viewed as ``(B, U, heads, U, heads)``.
+    """Scaled keep-mask ``(B, U * heads, U * heads)`` for the communication weights in their
+    all-heads layout (rows and columns ordered (unit, head), zero between different heads).
 
     Each within-head weight ``((u, h), (u', h))`` is kept with probability ``1 - p`` and scaled by
-    ``1 / (1 - p)``, independently — dropout on the per-head ``(B, heads, U, U)`` weights. One draw
-    per head pair of units serves all of a row's heads' columns: the cross-head weights it also
-    scales are exactly zero.
+    ``1 / (1 - p)``, independently — dropout on the per-head ``(B, heads, U, U)`` weights: one
+    draw per head and pair of units, spread over a row's columns of all heads (the cross-head
+    weights it also scales are exactly zero). Contiguous, so applying it is a plain multiply.
     """
     keep = torch.empty(batch_size, heads, units, units, dtype=like.dtype, device=like.device)
-    return keep.bernoulli_(1.0 - p).div_(1.0 - p).permute(0, 2, 1, 3).unsqueeze(-1)
-
-
-def apply_within_heads(weights: torch.Tensor, mask: torch.Tensor, units: int, heads: int) -> torch.Tensor:
-    """``weights`` ``(B, U * heads, U * heads)`` times a :func:`within_head_dropout_mask`."""
-    batch_size = weights.shape[0]
-    return (weights.view(batch_size, units, heads, units, heads) * mask).view_as(weights)
+    keep = keep.bernoulli_(1.0 - p).div_(1.0 - p).permute(0, 2, 1, 3).unsqueeze(-1)  # (B, U, heads, U, 1)
+    rows = units * heads
+    return keep.expand(batch_size, units, heads, units, heads).reshape(batch_size, rows, rows)
 
 
 @dataclass
@@ -126,9 +122,19 @@ class _ModularLoop(torch.autograd.Function):
         split_h = [s.query_size, read_h_weight.shape[-1] - s.query_size]
         cell_step, k, eligible, active_mask = s.cell.step, s.k, s.eligible, s.active_mask
         step_keys, step_values, step_keep = keys_t.unbind(0), values.unbind(0), keep.unbind(0)
+        seq_len = len(step_keys)
+        # Dropout masks of every step in one draw each (the same distribution as per-step draws).
+        input_keeps = comm_keeps = None
+        if s.input_dropout:
+            shape = (seq_len, *step_keys[0].shape[:1], units, step_keys[0].shape[-1])  # (T, B * heads, U, N + 1)
+            input_keeps = torch.empty(shape, dtype=h.dtype, device=h.device)
+            input_keeps = input_keeps.bernoulli_(1.0 - s.input_dropout).div_(1.0 - s.input_dropout).unbind(0)
+        if s.comm_dropout:
+            comm_keeps = within_head_dropout_mask(seq_len * batch_size, s.comm_dropout, units, comm_heads, h)
+            comm_keeps = comm_keeps.view(seq_len, batch_size, comm_rows, comm_rows).unbind(0)
         saved: list[tuple] = []
         outputs = []
-        for t in range(len(step_keys)):
+        for t in range(seq_len):
             if s.reset_steps[t]:
                 h, c = h * step_keep[t], c * step_keep[t]
             h_in = h
@@ -163,11 +169,8 @@ class _ModularLoop(torch.autograd.Function):
                 s.masks.append(unit_mask)
 
             # 3. Independent dynamics on each unit's own attended input (the null value is zero).
-            input_keep = None
-            read_weights = attention
-            if s.input_dropout:
-                input_keep = torch.empty_like(attention).bernoulli_(1.0 - s.input_dropout).div_(1.0 - s.input_dropout)
-                read_weights = attention * input_keep
+            input_keep = None if input_keeps is None else input_keeps[t]
+            read_weights = attention if input_keep is None else attention * input_keep
             attended = _from_head_rows(torch.bmm(read_weights, step_values[t]), batch_size, heads)  # (U, B, heads * dv)
             h_cell, c_cell, cell_saved = cell_step(attended, input_weight, hidden_gates, h, c)
             if s.all_active:
@@ -182,11 +185,8 @@ class _ModularLoop(torch.autograd.Function):
             qkv = qkv.transpose(0, 1).reshape(batch_size, comm_rows, -1)
             q, k_comm, v = qkv.split(s.comm_split, dim=-1)  # each (B, U * heads, d); q already scaled
             comm_weights = torch.baddbmm(comm_bias, q, k_comm.transpose(1, 2)).softmax(dim=-1)
-            comm_keep = None
-            mixing = comm_weights
-            if s.comm_dropout:
-                comm_keep = within_head_dropout_mask(batch_size, s.comm_dropout, units, comm_heads, h)
-                mixing = apply_within_heads(comm_weights, comm_keep, units, comm_heads)
+            comm_keep = None if comm_keeps is None else comm_keeps[t]
+            mixing = comm_weights if comm_keep is None else comm_weights * comm_keep
             read = torch.bmm(mixing, v).view(batch_size, units, -1).transpose(0, 1)  # (U, B, heads * dv)
             if out_weight is None:
                 h_comm = h_tilde + read
@@ -219,7 +219,7 @@ class _ModularLoop(torch.autograd.Function):
         steps = ctx.saved_steps
         seq_len = len(steps)
         units, batch_size = grad_outputs.shape[1:3]
-        heads, comm_heads, comm_rows = s.input_heads, s.comm_heads, s.units * s.comm_heads
+        heads, comm_rows = s.input_heads, s.units * s.comm_heads
         step_keys, step_values, step_keep = keys_t.unbind(0), values.unbind(0), keep.unbind(0)
         read_h_weight_t, input_weight_t = read_h_weight.transpose(1, 2), input_weight.transpose(1, 2)
         comm_weight_t = comm_weight.transpose(1, 2)
@@ -258,7 +258,7 @@ class _ModularLoop(torch.autograd.Function):
             grad_mixing = torch.bmm(grad_read, v.transpose(1, 2))
             grad_v = torch.bmm(mixing.transpose(1, 2), grad_read)
             if comm_keep is not None:
-                grad_mixing = apply_within_heads(grad_mixing, comm_keep, units, comm_heads)
+                grad_mixing = grad_mixing * comm_keep
             grad_comm_scores = torch._softmax_backward_data(grad_mixing, comm_weights, -1, comm_weights.dtype)
             grad_comm_scores_all[t] = grad_comm_scores
             grad_q = torch.bmm(grad_comm_scores, k_comm)

@@ -23,7 +23,7 @@ from torch import nn
 
 from rimrl.cores.base import RecurrentCore, State, check_divisible, check_positive, check_probability
 from rimrl.cores.grouped import CELL_KINDS, GroupedLinear, make_grouped_cell
-from rimrl.cores.loop import LoopSettings, apply_within_heads, run_modular_loop, within_head_dropout_mask
+from rimrl.cores.loop import LoopSettings, run_modular_loop, within_head_dropout_mask
 
 
 def dropout_within_heads(weights: torch.Tensor, p: float, units: int, heads: int) -> torch.Tensor:
@@ -31,8 +31,7 @@ def dropout_within_heads(weights: torch.Tensor, p: float, units: int, heads: int
     layout (rows and columns ordered (unit, head), zero between different heads): each
     within-head weight is dropped independently, as on the per-head ``(B, heads, U, U)`` weights.
     See :func:`rimrl.cores.loop.within_head_dropout_mask`."""
-    mask = within_head_dropout_mask(weights.shape[0], p, units, heads, weights)
-    return apply_within_heads(weights, mask, units, heads)
+    return weights * within_head_dropout_mask(weights.shape[0], p, units, heads, weights)
 
 
 class ModularCore(RecurrentCore):
