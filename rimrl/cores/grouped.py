@@ -16,12 +16,21 @@ from rimrl.cores.base import check_positive
 CELL_KINDS = ("lstm", "gru")
 
 
+#: Below this many elements one ``tanh`` call costs less than the four ops of ``2 sigmoid(2x) - 1``.
+_TANH_VIA_SIGMOID_MIN_NUMEL = 2048
+
+
 def tanh_via_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """``tanh(x) = 2 sigmoid(2x) - 1``: on CPU, torch's ``tanh`` kernel costs several times its
-    ``sigmoid`` per element (8x at a 6 x 64 x 64 tensor, one thread), so at the cores' batch sizes
-    the four ops of this form cost less than one ``tanh`` (at batch 8 about the same). Absolute
-    error about 1e-7 (float32). Forward only: the cores' backward uses the output
-    (``tanh_backward``), so the extra ops add no backward work."""
+    """``tanh(x)``, as ``2 sigmoid(2x) - 1`` for tensors of 2048 elements or more.
+
+    On CPU, torch's ``tanh`` kernel costs several times its ``sigmoid`` per element (8x at a
+    6 x 64 x 64 tensor, one thread), so from a few thousand elements the four ops of this form
+    cost less than one ``tanh``; below that, the call overhead of the extra ops dominates.
+    Absolute error about 1e-7 (float32). The cores' backward uses the output
+    (``tanh_backward``), so the extra ops add no backward work there.
+    """
+    if x.numel() < _TANH_VIA_SIGMOID_MIN_NUMEL:
+        return torch.tanh(x)
     doubled = torch.sigmoid(x * 2.0)
     return (doubled + doubled).sub_(1.0)  # not in place on the sigmoid: autograd keeps its output
 
