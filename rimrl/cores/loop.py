@@ -109,7 +109,7 @@ class _ModularLoop(torch.autograd.Function):
         read_h_weight: torch.Tensor,
         read_h_bias: torch.Tensor,
         input_weight: torch.Tensor,
-        input_bias: torch.Tensor | None,
+        input_bias: torch.Tensor | None,  # the cell's own (its step adds it); an input for its gradient
         input_logits: torch.Tensor | None,
         comm_weight: torch.Tensor,
         comm_bias: torch.Tensor,
@@ -207,7 +207,6 @@ class _ModularLoop(torch.autograd.Function):
             ctx.save_for_backward(
                 keys_t, values, keep, read_h_weight, input_weight, comm_weight, out_weight, input_logits, comm_bias
             )
-            ctx.has_input_bias = input_bias is not None
         return torch.stack(outputs), c
 
     @staticmethod
