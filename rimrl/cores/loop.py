@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def within_head_dropout_mask(
@@ -210,6 +211,7 @@ class _ModularLoop(torch.autograd.Function):
         return torch.stack(outputs), c
 
     @staticmethod
+    @once_differentiable  # the backward is written out, not itself recorded
     def backward(ctx, grad_outputs: torch.Tensor, grad_c_final: torch.Tensor):  # type: ignore[override]
         s: LoopSettings = ctx.settings
         keys_t, values, keep, read_h_weight, input_weight, comm_weight, out_weight, input_logits, comm_bias = (
