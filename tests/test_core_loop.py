@@ -127,3 +127,11 @@ def test_no_grad_call_matches_grad_call() -> None:
     out, _ = core(x.requires_grad_(True))
     assert out.requires_grad and not out_no_grad.requires_grad
     assert torch.equal(out.detach(), out_no_grad)
+
+
+def test_double_backward_raises_a_clear_error() -> None:
+    core = RIM(64, 48, num_units=6, k=3, num_tokens=8).eval()
+    x = torch.randn(3, 2, 64, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(core(x)[0].pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_x.sum().backward()

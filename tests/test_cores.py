@@ -7,7 +7,7 @@ import torch
 
 from rimrl.cores import GRU, LSTM, RIM, make_core
 from rimrl.cores.grouped import make_grouped_cell
-from rimrl.cores.modular import dropout_within_heads
+from rimrl.cores.loop import within_head_dropout_mask
 
 T, B, INPUT, HIDDEN = 7, 5, 24, 48
 
@@ -165,7 +165,7 @@ def test_communication_dropout_acts_within_heads_only() -> None:
     same_head = rows[:, None] == rows[None, :]
     weights = torch.rand(batch, units * heads, units * heads) * same_head
     torch.manual_seed(0)
-    dropped = dropout_within_heads(weights, p, units, heads)
+    dropped = weights * within_head_dropout_mask(batch, p, units, heads, weights)
     assert torch.count_nonzero(dropped[:, ~same_head]) == 0
     kept = dropped[:, same_head] != 0
     assert torch.allclose(dropped[:, same_head][kept], weights[:, same_head][kept] / (1 - p))

@@ -46,7 +46,6 @@ class LoopSettings:
     """What the loop needs besides tensors. ``cell`` supplies ``step`` / ``step_backward``."""
 
     cell: nn.Module
-    units: int
     input_heads: int
     comm_heads: int
     query_size: int
@@ -119,7 +118,7 @@ class _ModularLoop(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         s = settings
         units, batch_size = h.shape[:2]
-        heads, comm_heads, comm_rows = s.input_heads, s.comm_heads, s.units * s.comm_heads
+        heads, comm_heads, comm_rows = s.input_heads, s.comm_heads, units * s.comm_heads
         split_h = [s.query_size, read_h_weight.shape[-1] - s.query_size]
         cell_step, k, eligible, active_mask = s.cell.step, s.k, s.eligible, s.active_mask
         step_keys, step_values, step_keep = keys_t.unbind(0), values.unbind(0), keep.unbind(0)
@@ -133,6 +132,8 @@ class _ModularLoop(torch.autograd.Function):
         if s.comm_dropout:
             comm_keeps = within_head_dropout_mask(seq_len * batch_size, s.comm_dropout, units, comm_heads, h)
             comm_keeps = comm_keeps.view(seq_len, batch_size, comm_rows, comm_rows).unbind(0)
+        no_unit = torch.zeros(batch_size, units, dtype=torch.bool, device=h.device)  # scattered into per step
+        eligible_rows = None if eligible is None else eligible.expand(units, batch_size, 1)
         saved: list[tuple] = []
         outputs = []
         for t in range(seq_len):
@@ -160,12 +161,11 @@ class _ModularLoop(torch.autograd.Function):
                 if heads > 1:
                     null_attention = null_attention.view(batch_size, heads, units).mean(1)
                 chosen = null_attention.topk(k, dim=1, largest=False).indices
-                unit_mask = torch.zeros(batch_size, units, dtype=torch.bool, device=h.device)
-                unit_mask = unit_mask.scatter_(1, chosen, True).t().unsqueeze(-1)  # (U, B, 1)
+                unit_mask = no_unit.scatter(1, chosen, True).t().unsqueeze(-1)  # (U, B, 1)
                 if eligible is not None:
                     unit_mask = unit_mask & eligible
             else:
-                unit_mask = None if eligible is None else eligible.expand(units, batch_size, 1)
+                unit_mask = eligible_rows
             if unit_mask is not None:
                 s.masks.append(unit_mask)
 
@@ -220,7 +220,7 @@ class _ModularLoop(torch.autograd.Function):
         steps = ctx.saved_steps
         seq_len = len(steps)
         units, batch_size = grad_outputs.shape[1:3]
-        heads, comm_rows = s.input_heads, s.units * s.comm_heads
+        heads, comm_rows = s.input_heads, units * s.comm_heads
         step_keys, step_values, step_keep = keys_t.unbind(0), values.unbind(0), keep.unbind(0)
         read_h_weight_t, input_weight_t = read_h_weight.transpose(1, 2), input_weight.transpose(1, 2)
         comm_weight_t = comm_weight.transpose(1, 2)
@@ -229,7 +229,7 @@ class _ModularLoop(torch.autograd.Function):
         value_size = s.comm_split[2]
 
         grad_h = torch.zeros_like(grad_outputs[0])
-        grad_c = grad_c_final.clone() if grad_c_final is not None else torch.zeros_like(grad_h)
+        grad_c = grad_c_final  # never written in place below
         # Per-step terms of the gradients computed after the loop (index t filled at step t).
         grad_read_h: list = [None] * seq_len
         grad_scores_all: list = [None] * seq_len
@@ -242,6 +242,8 @@ class _ModularLoop(torch.autograd.Function):
             (h_in, query, attention, input_keep, read_weights, attended, cell_saved, unit_mask,
              h_tilde, qkv, comm_weights, comm_keep, mixing, read) = steps[t]
             grad_h = grad_h + grad_outputs[t]
+            if unit_mask is not None:
+                unit_mask = unit_mask.to(grad_h.dtype)  # once, not in each of the three products
             # 5. h = where(m, h_comm, h_in)
             if s.all_active:
                 grad_h_comm, grad_h_in = grad_h, None

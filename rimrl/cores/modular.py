@@ -23,15 +23,7 @@ from torch import nn
 
 from rimrl.cores.base import RecurrentCore, State, check_divisible, check_positive, check_probability
 from rimrl.cores.grouped import CELL_KINDS, GroupedLinear, make_grouped_cell
-from rimrl.cores.loop import LoopSettings, run_modular_loop, within_head_dropout_mask
-
-
-def dropout_within_heads(weights: torch.Tensor, p: float, units: int, heads: int) -> torch.Tensor:
-    """Dropout of the communication attention ``(B, U * heads, U * heads)`` in its all-heads
-    layout (rows and columns ordered (unit, head), zero between different heads): each
-    within-head weight is dropped independently, as on the per-head ``(B, heads, U, U)`` weights.
-    See :func:`rimrl.cores.loop.within_head_dropout_mask`."""
-    return weights * within_head_dropout_mask(weights.shape[0], p, units, heads, weights)
+from rimrl.cores.loop import LoopSettings, run_modular_loop
 
 
 class ModularCore(RecurrentCore):
@@ -262,7 +254,6 @@ class ModularCore(RecurrentCore):
         comm_out = self.comm_out
         settings = LoopSettings(
             cell=self.cell,
-            units=units,
             input_heads=heads,
             comm_heads=comm_heads,
             query_size=query_size,
