@@ -4,7 +4,9 @@ Measures environment steps per second (summed over the parallel envs) under unif
 actions, after a short warm-up, excluding construction:
 
 - Atari, Breakout, 8 envs: rimrl's ale-py ``AtariVectorEnv`` adapter (``make_atari_vec_env``)
-  against SB3's ``make_atari_env`` in a ``SubprocVecEnv`` (the same preprocessing in Python).
+  against SB3's ``make_atari_env`` in a ``SubprocVecEnv`` (the same preprocessing in Python), and
+  beside them ale-py's ``AtariVectorEnv`` stepped alone, without the adapter: the native speed
+  the adapter should keep.
 Configurations are timed round-robin, ``--repeats`` times, and the median is reported, so a
 burst of background load does not favour one side. Beside them, the emulator alone (ale-py's
 ``ALEInterface.act`` four times per agent step, no screen read, no preprocessing, one process):
@@ -30,6 +32,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -61,13 +64,34 @@ class Measurement:
 
 @dataclass
 class Config:
-    """A VecEnv to time."""
+    """A VecEnv (or :class:`NativeAle`) to time."""
 
     name: str
     group: str
     backend: str
-    build: Callable[[], VecEnv]
+    build: Callable[[], Any]
     baseline: bool = False
+
+
+class NativeAle:
+    """ale-py's ``AtariVectorEnv`` stepped directly: the adapter's own C++ envs, same settings,
+    none of its bookkeeping. Offers the few ``VecEnv`` members :func:`time_steps` uses."""
+
+    def __init__(self, n_envs: int, seed: int = 0) -> None:
+        self._adapter = make_atari_vec_env("Breakout", n_envs=n_envs, seed=seed)
+        self._ale = self._adapter.ale_vector_env
+        self.num_envs = n_envs
+        self.action_space = self._adapter.action_space
+        self.unwrapped = self
+
+    def reset(self) -> None:
+        self._adapter.reset()  # seeded reset of the same C++ envs
+
+    def step(self, actions: np.ndarray) -> None:
+        self._ale.step(actions.astype(np.int32))
+
+    def close(self) -> None:
+        self._adapter.close()
 
 
 def _process_cpu_seconds(pid: int) -> float:
@@ -89,7 +113,7 @@ def cpu_seconds(venv: VecEnv) -> float:
     return total
 
 
-def time_steps(build: Callable[[], VecEnv], steps: int, seed: int = 0) -> tuple[int, float, float]:
+def time_steps(build: Callable[[], Any], steps: int, seed: int = 0) -> tuple[int, float, float]:
     """Build a VecEnv, warm it up, then time ``steps`` random-action steps.
 
     Returns (n_envs, env steps per wall-clock second, CPU microseconds per env step). The CPU cost
@@ -151,6 +175,7 @@ def configs(n_envs: int, quick: bool) -> list[Config]:
             "rimrl AleVecEnv (ale-py C++ threads)",
             lambda: make_atari_vec_env("Breakout", n_envs=n_envs, seed=0),
         ),
+        Config("Breakout", "atari", "ale-py AtariVectorEnv alone (no adapter)", lambda: NativeAle(n_envs)),
         Config(
             "Breakout",
             "atari",
@@ -268,6 +293,11 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(results))
     if emulator_us is not None:
         sb3 = next(m for m in results if m.group == "atari" and m.baseline)
+        adapter, native = (m for m in results if m.group == "atari" and not m.baseline)
+        print(
+            f"Adapter against ale-py alone: {adapter.steps_per_second / native.steps_per_second:.2f}x its "
+            f"steps/s at {adapter.cpu_us_per_step / native.cpu_us_per_step:.2f}x its CPU per step"
+        )
         print(
             f"Breakout emulator alone (ALEInterface.act x4 per step, no preprocessing): {emulator_us:.0f} "
             f"CPU us/step; the SB3 path's {sb3.cpu_us_per_step:.0f} over it bounds any adapter's CPU "

@@ -43,3 +43,24 @@ def test_throughput_interleaved_runs_count_their_own_steps() -> None:
     assert [r["timesteps"] for r in results] == [2 * chunk, 2 * chunk]
     assert all(r["cpu_seconds"] > 0 and r["phases_s"]["train"] > 0 for r in results)
     assert all(r["mean_sequences"] >= 1 and 1 <= r["mean_padded_length"] <= throughput.SETTINGS["n_steps"] for r in results)
+
+
+def test_env_speed_times_adapter_native_ale_and_sb3_in_one_run(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import env_speed
+
+    out = tmp_path / "env_speed.json"
+    env_speed.main(["--quick", "--steps", "10", "--n-envs", "2", "--json", str(out)])
+    payload = json.loads(out.read_text())
+    atari = [r for r in payload["results"] if r["group"] == "atari"]
+    assert [r["backend"] for r in atari] == [
+        "rimrl AleVecEnv (ale-py C++ threads)",
+        "ale-py AtariVectorEnv alone (no adapter)",
+        "SB3 make_atari_env + SubprocVecEnv",
+    ]
+    assert [r["baseline"] for r in atari] == [False, False, True]
+    for r in payload["results"]:
+        assert r["n_envs"] == 2 and r["steps_per_env"] == 10 and len(r["repeats"]) == 1
+        assert r["steps_per_second"] > 0 and r["cpu_us_per_step"] > 0 and r["ratio_to_baseline"] > 0
+    assert {r["name"] for r in payload["results"] if r["group"] == "minigrid"} >= {"MiniGrid-Fetch-8x8-N3-v0"}
+    assert payload["emulator_cpu_us_per_step"] > 0

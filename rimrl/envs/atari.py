@@ -289,6 +289,14 @@ class AleVecEnv(VecEnv):
             self._ale.close()
             self._ale = None  # drops the C++ vectorizer, which joins its threads
 
+    @property
+    def ale_vector_env(self) -> AtariVectorEnv:
+        """The ale-py ``AtariVectorEnv`` underneath (e.g. to time it alone or use its XLA functions).
+
+        Stepping it directly bypasses the adapter's bookkeeping (scores, life losses, env order).
+        """
+        return self._require_ale()
+
     # --- attribute access: there are no per-env Python objects ----------------------------------
 
     def get_action_meanings(self) -> list[str]:
