@@ -7,8 +7,9 @@ actions, after a short warm-up, excluding construction:
   against SB3's ``make_atari_env`` in a ``SubprocVecEnv`` (the same preprocessing in Python), and
   beside them ale-py's ``AtariVectorEnv`` stepped alone, without the adapter: the native speed
   the adapter should keep.
-Configurations are timed round-robin, ``--repeats`` times, and the median is reported, so a
-burst of background load does not favour one side. Beside them, the emulator alone (ale-py's
+Configurations are timed round-robin, ``--repeats`` times, each round starting one config
+later than the one before (so none always runs first, or right after SB3's worker processes
+exit), and the median is reported, so a burst of background load does not favour one side. Beside them, the emulator alone (ale-py's
 ``ALEInterface.act`` four times per agent step, no screen read, no preprocessing, one process):
 its CPU cost per step is a floor no Atari adapter can go under, so the SB3 path's CPU cost over it
 bounds the CPU ratio any adapter can reach on this machine.
@@ -211,14 +212,15 @@ def configs(n_envs: int, quick: bool) -> list[Config]:
 
 def run(steps: int, n_envs: int, quick: bool, repeats: int, only: str | None = None) -> list[Measurement]:
     """Time every config (of group ``only``, if given) ``repeats`` times, round-robin so that
-    background load hits all alike."""
+    background load hits all alike; round ``r`` starts at config ``r mod len(configs)``."""
     todo = [cfg for cfg in configs(n_envs, quick) if only is None or cfg.group == only]
     samples: list[list[float]] = [[] for _ in todo]
     cpu_samples: list[list[float]] = [[] for _ in todo]
     envs_used = [0] * len(todo)
-    for _ in range(repeats):
-        for i, cfg in enumerate(todo):
-            envs_used[i], sps, cpu_us = time_steps(cfg.build, steps)
+    for round_index in range(repeats):
+        for position in range(len(todo)):
+            i = (round_index + position) % len(todo)
+            envs_used[i], sps, cpu_us = time_steps(todo[i].build, steps)
             samples[i].append(sps)
             cpu_samples[i].append(cpu_us)
     results = [
