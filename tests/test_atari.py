@@ -205,6 +205,7 @@ class PermutingAle:
         self.num_envs = num_envs
         self.row_env_ids = np.arange(num_envs)
         self.last_actions = np.zeros(num_envs, dtype=np.int32)
+        self.ale = self  # the C++ object's send(actions, paddle_strength), which the adapter calls
 
     def _batch(self) -> tuple[np.ndarray, dict]:
         self.row_env_ids = np.random.default_rng(
@@ -219,7 +220,7 @@ class PermutingAle:
     def reset(self, seed: np.ndarray) -> tuple[np.ndarray, dict]:
         return self._batch()
 
-    def send(self, actions: np.ndarray) -> None:
+    def send(self, actions: np.ndarray, paddle_strength: np.ndarray | None = None) -> None:
         # Row i of the actions goes to the env that was in row i of the last batch (ALE's contract).
         self.last_actions = np.empty(self.num_envs, dtype=np.int32)
         self.last_actions[self.row_env_ids] = actions
