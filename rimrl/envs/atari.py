@@ -248,8 +248,8 @@ class AleVecEnv(VecEnv):
         return obs
 
     # The step path makes as few numpy calls as it can. Between two batches the emulator threads
-    # have just run on both cores, so the interpreter and numpy run cold: the first pass of ten
-    # small array operations over a batch took ~75 us, the same pass repeated at once ~10 us.
+    # have just run on both cores, so the interpreter and numpy run with cold caches and each
+    # small array operation costs several times what it costs warm; the env threads wait on it.
     def step_async(self, actions: np.ndarray) -> None:
         if not self._was_reset:
             raise RuntimeError("AleVecEnv.step called before reset()")
@@ -276,7 +276,7 @@ class AleVecEnv(VecEnv):
         dones = game_over
         if self.episodic_life:
             lives = np.asarray(info["lives"], dtype=np.int32)
-            dones = game_over | ((lives < self._lives) & ~game_over)
+            dones = game_over | (lives < self._lives)
             self._lives = lives
 
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
