@@ -9,8 +9,9 @@ actions, after a short warm-up, excluding construction:
   the adapter should keep.
 Configurations are timed round-robin, ``--repeats`` times, each round starting one config
 later than the one before (so none always runs first, or right after SB3's worker processes
-exit), and the median is reported, so a burst of background load does not favour one side. Beside them, the emulator alone (ale-py's
-``ALEInterface.act`` four times per agent step, no screen read, no preprocessing, one process):
+exit), and the median is reported, so a burst of background load does not favour one side.
+Beside them, the emulator alone (ale-py's ``ALEInterface.act`` four times per agent step, no
+screen read, no preprocessing, one process):
 its CPU cost per step is a floor no Atari adapter can go under, so the SB3 path's CPU cost over it
 bounds the CPU ratio any adapter can reach on this machine.
 
@@ -43,6 +44,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from rimrl.envs import DISTRACTOR_SUITES, make_atari_vec_env, make_env, make_sb3_atari_vec_env
 
 WARMUP_STEPS = 50
+ADAPTER = "rimrl AleVecEnv (ale-py C++ threads)"
+NATIVE_ALE = "ale-py AtariVectorEnv alone (no adapter)"
 
 
 @dataclass
@@ -173,10 +176,10 @@ def configs(n_envs: int, quick: bool) -> list[Config]:
         Config(
             "Breakout",
             "atari",
-            "rimrl AleVecEnv (ale-py C++ threads)",
+            ADAPTER,
             lambda: make_atari_vec_env("Breakout", n_envs=n_envs, seed=0),
         ),
-        Config("Breakout", "atari", "ale-py AtariVectorEnv alone (no adapter)", lambda: NativeAle(n_envs)),
+        Config("Breakout", "atari", NATIVE_ALE, lambda: NativeAle(n_envs)),
         Config(
             "Breakout",
             "atari",
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(results))
     if emulator_us is not None:
         sb3 = next(m for m in results if m.group == "atari" and m.baseline)
-        adapter, native = (m for m in results if m.group == "atari" and not m.baseline)
+        adapter, native = (next(m for m in results if m.backend == name) for name in (ADAPTER, NATIVE_ALE))
         print(
             f"Adapter against ale-py alone: {adapter.steps_per_second / native.steps_per_second:.2f}x its "
             f"steps/s at {adapter.cpu_us_per_step / native.cpu_us_per_step:.2f}x its CPU per step"

@@ -158,9 +158,13 @@ def test_vec_env_plumbing() -> None:
         venv.step(np.zeros(2, dtype=np.int64))
     venv.reset()
     venv.step(np.zeros(2, dtype=np.int64))
+    obs, rewards, dones, _ = venv.step([[1], [0]])  # any int array-like of n_envs actions
+    assert obs.shape == (2, 1, 84, 84) and rewards.dtype == np.float32 and dones.shape == (2,)
+    assert venv.ale_vector_env.num_envs == 2
     venv.close()
-    with pytest.raises(RuntimeError, match="closed"):
-        venv.reset()
+    for closed_use in (venv.reset, lambda: venv.ale_vector_env):
+        with pytest.raises(RuntimeError, match="closed"):
+            closed_use()
     for kwargs, param in ((dict(n_envs=0), "n_envs"), (dict(n_envs=1, frame_stack=0), "frame_stack")):
         with pytest.raises(ValueError, match=param):
             AleVecEnv("Breakout", **kwargs)

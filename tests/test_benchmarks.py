@@ -54,8 +54,8 @@ def test_env_speed_times_adapter_native_ale_and_sb3_in_one_run(tmp_path: Path) -
     payload = json.loads(out.read_text())
     atari = [r for r in payload["results"] if r["group"] == "atari"]
     assert [r["backend"] for r in atari] == [
-        "rimrl AleVecEnv (ale-py C++ threads)",
-        "ale-py AtariVectorEnv alone (no adapter)",
+        env_speed.ADAPTER,
+        env_speed.NATIVE_ALE,
         "SB3 make_atari_env + SubprocVecEnv",
     ]
     assert [r["baseline"] for r in atari] == [False, False, True]

@@ -224,7 +224,6 @@ class AleVecEnv(VecEnv):
         # the next send() onto envs in that same order.
         self._received_env_ids: np.ndarray | None = None
         self._env_ids_in_order = np.arange(n_envs, dtype=np.int32).tobytes()
-        self._action_shape = (n_envs,)
         self._paddle_strength = np.ones(n_envs, dtype=np.float32)  # full strength (paddle games)
         if seed is not None:
             self.seed(seed)
@@ -254,8 +253,8 @@ class AleVecEnv(VecEnv):
         if not self._was_reset:
             raise RuntimeError("AleVecEnv.step called before reset()")
         actions = np.asarray(actions)
-        if actions.shape != self._action_shape:
-            actions = actions.reshape(self._action_shape)
+        if actions.shape != (self.num_envs,):
+            actions = actions.reshape(self.num_envs)
         if actions.dtype != np.int32:
             actions = actions.astype(np.int32)
         if self._received_env_ids is not None:
