@@ -140,8 +140,21 @@ def test_policy_classes_and_defaults():
         assert policy.shared_lstm and policy.lstm_critic is None
         assert model._last_lstm_states.pi[0].shape == (1, 2, policy.lstm_actor.hidden_size)
     if "rim" in AVAILABLE_CORES:
+        # RIM reads one vector (the flattened tokens) beside its null slot by default ...
         rim = RecurrentPPO(RIMPolicy, env, n_steps=8, batch_size=16).policy.lstm_actor
-        assert rim.num_tokens == 51 and rim.hidden_size % rim.num_units == 0
+        assert rim.num_tokens == 1 and rim.input_size == 51 * 32 and rim.hidden_size % rim.num_units == 0
+        # ... or, projected, a Linear + ReLU of them; or the token set, as an option.
+        projected = RecurrentPPO(RIMPolicy, env, n_steps=8, batch_size=16, policy_kwargs=dict(core_input_projection=40))
+        assert isinstance(projected.policy.lstm_actor, ProjectedCore)
+        assert projected.policy.core.num_tokens == 1 and projected.policy.core.input_size == 40
+        tokens = RecurrentPPO(RIMPolicy, env, n_steps=8, batch_size=16, policy_kwargs=dict(core_input="tokens"))
+        assert tokens.policy.core.num_tokens == 51 and tokens.policy.core.token_dim == 32
+        for model in (projected, tokens):
+            model.learn(16)
+            assert model._last_lstm_states.pi[0].shape == (1, 2, 192)
+    if "srm" in AVAILABLE_CORES:
+        srm = RecurrentPPO(POLICIES["srm"], env, n_steps=8, batch_size=16).policy
+        assert srm.core_input == "tokens" and srm.core.num_tokens == 51
     env.close()
 
 
@@ -169,7 +182,11 @@ def test_separate_critic_and_projection():
         (dict(lstm_hidden_size=100), "hidden_size"),  # not divisible by 6 units
         (dict(core_kwargs=dict(cell="rnn")), "cell"),
         (dict(core_kwargs=dict(num_tokens=3)), "num_tokens"),
-        (dict(core_input_projection=32), "core_input_projection"),
+        (dict(core_input="tokens", core_input_projection=32), "core_input_projection"),
+        (dict(core_input_projection=0), "core_input_projection"),
+        (dict(core_input="grid"), "core_input"),
+        (dict(core="srm", core_input="vector"), "core_input"),
+        (dict(core="lstm", core_input="tokens"), "core_input"),
         (dict(n_lstm_layers=2), "n_lstm_layers"),
         (dict(shared_lstm=True, enable_critic_lstm=True), "exclusive"),
         (dict(core="transformer"), "core"),
@@ -333,13 +350,19 @@ def test_save_then_load_in_fresh_process_gives_identical_predictions(tmp_path):
     assert data["starts"][1:].any(), "the sequence should contain episode resets"
     np.savez(tmp_path / "seq.npz", **data)
 
+    # Every core, and RIM with each observation interface (vector, projected vector, token set).
+    variants = {core: (core, {}) for core in AVAILABLE_CORES}
+    if "rim" in AVAILABLE_CORES:
+        variants["rim-proj"] = ("rim", dict(core_input_projection=24))
+        variants["rim-tokens"] = ("rim", dict(core_input="tokens"))
     models, paths = {}, []
-    for core in AVAILABLE_CORES:
-        model = RecurrentPPO(POLICIES[core], env, seed=0, policy_kwargs=small_policy_kwargs(core), **FAST)
+    for name, (core, extra) in variants.items():
+        kwargs = {**small_policy_kwargs(core), **extra}
+        model = RecurrentPPO(POLICIES[core], env, seed=0, policy_kwargs=kwargs, **FAST)
         model.learn(128)
-        path = str(tmp_path / core)
+        path = str(tmp_path / name)
         model.save(path)
-        models[core], paths = model, [*paths, path + ".zip"]
+        models[name], paths = model, [*paths, path + ".zip"]
     script = tmp_path / "load.py"
     script.write_text(_LOADER)
     result = subprocess.run(
@@ -355,8 +378,10 @@ def test_save_then_load_in_fresh_process_gives_identical_predictions(tmp_path):
         np.testing.assert_array_equal(loaded[f"{name}.h"], h)
         np.testing.assert_array_equal(loaded[f"{name}.c"], c)
         # The fresh process rebuilt the same policy class, core and encoder buffers.
-        reloaded = RecurrentPPO.load(paths[AVAILABLE_CORES.index(core)], device="cpu")
+        reloaded = RecurrentPPO.load(paths[list(models).index(core)], device="cpu")
         assert type(reloaded.policy) is type(model.policy)
+        assert reloaded.policy.core_input == model.policy.core_input
+        assert type(reloaded.policy.lstm_actor) is type(model.policy.lstm_actor)
         th.testing.assert_close(
             reloaded.policy.features_extractor.token_positions, model.policy.features_extractor.token_positions
         )
@@ -407,3 +432,52 @@ def test_features_extractor_override():
     policy = RecurrentPPO(LSTMPolicy, env, n_steps=8, batch_size=8,
                           policy_kwargs=dict(features_extractor_kwargs=dict(token_dim=8))).policy
     assert isinstance(policy.features_extractor, VectorTokenEncoder) and policy.features_extractor.token_dim == 8
+
+
+# ------------------------------------------------------------------------- what RIM reads at step 1
+
+
+def _moved_target_pair(env) -> tuple[dict, dict]:
+    """Two observations that differ only in the target's cell (the red ball moved to an empty cell)."""
+    from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
+
+    ball = (OBJECT_TO_IDX["ball"], COLOR_TO_IDX["red"])
+    for _ in range(50):
+        obs, _, _, _ = env.step(np.zeros(env.num_envs, dtype=np.int64))  # turn left until the ball is in view
+        grid = obs["grid"][0]
+        at_ball = np.argwhere((grid[..., 0] == ball[0]) & (grid[..., 1] == ball[1]))
+        empty = np.argwhere(grid[..., 0] == OBJECT_TO_IDX["empty"])
+        if len(at_ball) and len(empty):
+            break
+    else:
+        raise AssertionError("the target never came into view")
+    first = {k: v[:1].copy() for k, v in obs.items()}
+    second = {k: v.copy() for k, v in first.items()}
+    (bx, by), (ex, ey) = at_ball[0], empty[0]
+    second["grid"][0, bx, by], second["grid"][0, ex, ey] = first["grid"][0, ex, ey], first["grid"][0, bx, by]
+    return first, second
+
+
+def _first_step_change(policy_kwargs: dict) -> float:
+    """Relative change of a fresh RIM's first-step output when only the target moves."""
+    env = suite_env(n_envs=1, seed=5)
+    env.reset()
+    model = RecurrentPPO(RIMPolicy, env, n_steps=8, batch_size=8, seed=0, policy_kwargs=policy_kwargs)
+    outputs = []
+    for obs in _moved_target_pair(env):
+        obs_tensor, _ = model.policy.obs_to_tensor(obs)
+        with th.no_grad():
+            features = model.policy.extract_features(obs_tensor, model.policy.pi_features_extractor)
+            out, _ = model.policy.lstm_actor(features.unsqueeze(0))
+        outputs.append(out[0, 0])
+    env.close()
+    return float((outputs[0] - outputs[1]).norm() / outputs[0].norm())
+
+
+def test_default_rim_reads_the_target_from_the_first_step():
+    """The default (vector) interface makes a fresh RIM's first read depend on where the target is;
+    over the 51-token set, one head's attention starts uniform and dilutes the target to 1/52."""
+    vector = _first_step_change(dict(core_input_projection=128))
+    token_set = _first_step_change(dict(core_input="tokens"))
+    assert vector > 0.05, vector
+    assert vector > 5 * token_set, (vector, token_set)

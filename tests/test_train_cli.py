@@ -63,7 +63,15 @@ def test_tiny_run_writes_the_whole_run_directory(core: str, tmp_path: Path) -> N
         assert (run / name).is_file(), name
     assert [steps for steps, _ in list_checkpoints(run)] == [256, 128]
     assert list((run / "monitor").glob("*.monitor.csv"))
-    assert list((run / "tb").rglob("events.out.tfevents.*"))
+    events = list((run / "tb").rglob("events.out.tfevents.*"))
+    assert events
+    # RIM and SRM runs log their units' activity (rimrl.agents.activity) beside SB3's scalars.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0]))
+    accumulator.Reload()
+    core_tags = {tag for tag in accumulator.Tags()["scalars"] if tag.startswith("core/")}
+    assert ("core/active_unit0" in core_tags and "core/active_fraction" in core_tags) == (core in ("rim", "srm"))
 
     config = yaml.safe_load((run / CONFIG_FILE).read_text())
     assert REQUIRED_CONFIG_KEYS <= set(config)

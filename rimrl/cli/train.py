@@ -42,9 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv
 
+from rimrl.agents.activity import CoreActivityCallback
 from rimrl.agents.training import (
     CHECKPOINT_RE,
     STOP,
@@ -978,7 +979,9 @@ class Trainer:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*rich is experimental.*")
                 warnings.filterwarnings("ignore", category=UserWarning, module="tqdm")
-                model.learn(remaining, callback=callback, reset_num_timesteps=reset, tb_log_name=TB_LOG_NAME,
+                # RunCallback first: its evaluations run before the activity logger records attention.
+                callbacks = CallbackList([callback, CoreActivityCallback()])
+                model.learn(remaining, callback=callbacks, reset_num_timesteps=reset, tb_log_name=TB_LOG_NAME,
                             progress_bar=self.show_progress_bar)
         except NonFiniteError as error:
             return self._non_finite(str(error), started)

@@ -12,8 +12,11 @@ episode_start)`` keep working:
    ``episode_starts`` (the core resets rows inside its own loop). sb3-contrib's version falls
    back to a Python loop over time steps whenever any sequence starts an episode.
 3. The default features extractor is a token encoder chosen from the observation space
-   (:func:`rimrl.policies.encoders.encoder_spec`); RIM attends over its tokens as a set, SRM
-   also receives the tokens' positions, LSTM/GRU read them flattened.
+   (:func:`rimrl.policies.encoders.encoder_spec`). What the core reads of it is ``core_input``:
+   ``"vector"`` (LSTM, GRU and RIM by default: the tokens flattened into one vector, optionally
+   projected, which RIM reads as one element beside its null element, as in the paper and its
+   released RL code) or ``"tokens"`` (SRM by default, RIM optionally: the token set, with
+   positions for SRM).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from torch import nn
 from rimrl.policies.encoders import AtariTokenEncoder, encoder_spec
 
 __all__ = [
+    "CORE_INPUTS",
     "CORE_NAMES",
+    "DEFAULT_CORE_INPUT",
     "DEFAULT_CORE_KWARGS",
     "DEFAULT_HIDDEN_SIZE",
     "GRUPolicy",
@@ -43,6 +48,21 @@ __all__ = [
 ]
 
 CORE_NAMES = ("lstm", "gru", "rim", "srm")
+
+#: What a core may read of the encoder's tokens (``core_input``), per core; the first is the default.
+#: ``"vector"``: the tokens flattened into one vector (``core_input_projection`` projects it);
+#: ``"tokens"``: the set of ``num_tokens`` tokens (RIM attends over it, SRM also uses positions).
+CORE_INPUTS: dict[str, tuple[str, ...]] = {
+    "lstm": ("vector",),
+    "gru": ("vector",),
+    # RIM reads one vector by default: the paper and every released RIM RL code feed the core one
+    # embedding per step; fed 51 MiniGrid cell tokens its attention starts uniform and the agent
+    # stayed at chance (docs/policies.md, "What RIM reads").
+    "rim": ("vector", "tokens"),
+    # SRM's kernel localises attention over positioned tokens: it needs the set.
+    "srm": ("tokens",),
+}
+DEFAULT_CORE_INPUT: dict[str, str] = {core: inputs[0] for core, inputs in CORE_INPUTS.items()}
 
 #: ``lstm_hidden_size`` when none is given. 192 = 6 units x 32 for the modular cores (the RIM
 #: paper's 6 units); the flat cores use 128, which keeps them cheap (see docs/policies.md).
@@ -108,8 +128,10 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
     :param core_kwargs: keyword arguments for ``rimrl.cores.make_core`` (e.g. ``num_units``,
         ``k``, ``cell``); ``num_tokens`` (RIM, SRM) and ``token_positions`` (SRM) come from the
         encoder and must not be given. Invalid values raise ``ValueError`` here.
-    :param core_input_projection: for LSTM/GRU only: project the flattened tokens to this size
-        (``Linear + ReLU``) before the core; ``None`` feeds them directly.
+    :param core_input: ``"vector"`` or ``"tokens"`` (see :data:`CORE_INPUTS`); ``None`` -> the
+        core's default (:data:`DEFAULT_CORE_INPUT`: ``"tokens"`` for SRM, ``"vector"`` else).
+    :param core_input_projection: with ``core_input="vector"`` only: project the flattened tokens
+        to this size (``Linear + ReLU``) before the core; ``None`` feeds them directly.
     :param shared_core_value_grad: with a shared core, let the value loss back-propagate into
         the core and encoder (default) rather than detaching as sb3-contrib does.
 
@@ -146,6 +168,7 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
         lstm_kwargs: dict[str, Any] | None = None,
         core: str | None = None,
         core_kwargs: dict[str, Any] | None = None,
+        core_input: str | None = None,
         core_input_projection: int | None = None,
         shared_core_value_grad: bool = True,
     ) -> None:
@@ -156,8 +179,14 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
             raise ValueError(f"n_lstm_layers must be 1 (rimrl cores are one layer), got {n_lstm_layers}")
         if lstm_kwargs:
             raise ValueError("lstm_kwargs is not supported by ModularRecurrentPolicy; use core_kwargs")
-        if core_input_projection is not None and core not in ("lstm", "gru"):
-            raise ValueError(f"core_input_projection applies to 'lstm'/'gru' only, not {core!r}")
+        core_input = DEFAULT_CORE_INPUT[core] if core_input is None else core_input
+        if core_input not in CORE_INPUTS[core]:
+            raise ValueError(f"core_input for core {core!r} must be one of {list(CORE_INPUTS[core])}, got {core_input!r}")
+        if core_input_projection is not None:
+            if core_input != "vector":
+                raise ValueError(f"core_input_projection needs core_input='vector', got core_input={core_input!r}")
+            if isinstance(core_input_projection, bool) or not isinstance(core_input_projection, int) or core_input_projection < 1:
+                raise ValueError(f"core_input_projection must be a positive integer or None, got {core_input_projection!r}")
         for reserved in ("num_tokens", "token_positions"):
             if core_kwargs and reserved in core_kwargs:
                 raise ValueError(f"core_kwargs must not set {reserved!r}: it comes from the features extractor")
@@ -174,6 +203,7 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
 
         self.core_name = core
         self.core_kwargs = dict(core_kwargs or {})
+        self.core_input = core_input
         self.core_input_projection = core_input_projection
         self.shared_core_value_grad = shared_core_value_grad
         # The parent builds throw-away nn.LSTMs (and an optimizer over them); they are replaced
@@ -227,7 +257,8 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
         """Build one core for the features of ``extractor``: ``(T, B, features_dim) -> (T, B, H)``."""
         from rimrl.cores import make_core  # local import: keeps `import rimrl.policies` light
 
-        num_tokens = int(getattr(extractor, "num_tokens", 1))
+        # A vector input is one token of all the features (null slot aside, for RIM).
+        num_tokens = int(getattr(extractor, "num_tokens", 1)) if self.core_input == "tokens" else 1
         features_dim = int(extractor.features_dim)
         kwargs = {**DEFAULT_CORE_KWARGS[self.core_name], **self.core_kwargs}
         if self.core_name in ("rim", "srm"):
@@ -250,6 +281,7 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
             share_features_extractor=self.share_features_extractor,
             core=self.core_name,
             core_kwargs=self.core_kwargs,
+            core_input=self.core_input,
             core_input_projection=self.core_input_projection,
             shared_core_value_grad=self.shared_core_value_grad,
         )
