@@ -3,9 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rimrl-installed
 
-.PHONY: setup test test-slow lint demo clean
+.PHONY: setup test test-slow lint demo study clean
 
-DEMO_STEPS ?= 300000
+DEMO_STEPS ?= 150000
 DEMO_RUN := runs/rimrl-Pickup-Train-v0/rim/seed0
 
 $(STAMP): pyproject.toml
@@ -26,10 +26,18 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 # Train the default RIM agent on the distractor train variant, then evaluate it in and out of
-# distribution (train, more, novel, more+novel; 100 episodes each) and plot the result.
+# distribution (train, more, novel, more+novel; 100 episodes each, sampled actions as in the
+# training-time evaluation) and plot the result.
 demo: $(STAMP)
 	$(PY) train.py --env rimrl/Pickup-Train-v0 --core rim --seed 0 -n $(DEMO_STEPS) --overwrite
-	$(PY) evaluate.py $(DEMO_RUN) --episodes 100 --plot --out $(DEMO_RUN)/eval
+	$(PY) evaluate.py $(DEMO_RUN) --episodes 100 --stochastic --plot --out $(DEMO_RUN)/eval
+
+# The out-of-distribution study: lstm gru rim srm x seeds 0-4 on rimrl/Pickup-Train-v0, 300k steps
+# each, every model evaluated on the 4 variants (benchmarks/README.md). Rerunning it resumes.
+# Options go in STUDY_ARGS, e.g. make study STUDY_ARGS="--cores lstm rim --seeds 0 1 2".
+STUDY_ARGS ?=
+study: $(STAMP)
+	$(PY) benchmarks/study.py $(STUDY_ARGS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

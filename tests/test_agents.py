@@ -115,7 +115,7 @@ def test_make_agent_from_env_id_and_env_object():
     model = make_agent("rimrl/Pickup-Train-v0", core="rim", seed=0, n_steps=16, batch_size=32)
     assert isinstance(model, RecurrentPPO) and isinstance(model.policy, RIMPolicy)
     assert model.n_envs == preset_n_envs("minigrid", "rim") and model.n_steps == 16
-    assert model.policy.lstm_actor.k == 4
+    assert model.policy.lstm_actor.core.k == 4  # the preset projects the flat tokens (ProjectedCore)
     env = make_vec_env("CartPole-v1", n_envs=2)
     gru = make_agent(env, core="gru", **{"policy_kwargs.lstm_hidden_size": 24, "n_steps": 8})
     assert isinstance(gru.policy, GRUPolicy) and gru.n_envs == 2 and gru.policy.lstm_actor.hidden_size == 24

@@ -171,3 +171,24 @@ def test_labels_are_short_and_unique(tmp_path: Path) -> None:
     games = [source("ALE/Breakout-v5", "rim", 0), source("ALE/Pong-v5", "rim", 0)]
     label_sources(games)
     assert [s.label for s in games] == ["Breakout-v5/rim-seed0", "Pong-v5/rim-seed0"]
+
+
+def test_probability_of_improvement_known_values_and_seeded_intervals() -> None:
+    from rimrl.evaluation import probability_of_improvement
+
+    pairs = {
+        "better": (np.array([0.9, 0.8, 0.95]), np.array([0.1, 0.2, 0.3])),
+        "equal": (np.array([0.5, 0.5]), np.array([0.5, 0.5])),
+        # x > y in 1 of 12 pairs, ties (0.2, 0.2) and (0.3, 0.3) count half: (1 + 2 * 0.5) / 12
+        "ties": (np.array([0.1, 0.2, 0.3]), np.array([0.2, 0.3, 0.4, 0.5])),
+    }
+    estimates = probability_of_improvement(pairs, reps=200, seed=0)
+    assert estimates["better"].probability == 1.0 and (estimates["better"].ci_low, estimates["better"].ci_high) == (1.0, 1.0)
+    assert estimates["equal"].probability == 0.5
+    ties = estimates["ties"]
+    assert ties.probability == pytest.approx(2 / 12)
+    assert 0.0 <= ties.ci_low <= ties.probability <= ties.ci_high <= 1.0
+    assert (ties.n_runs_x, ties.n_runs_y, ties.n_tasks) == (3, 4, 1)
+    assert probability_of_improvement(pairs, reps=200, seed=0) == estimates  # seeded
+    with pytest.raises(ValueError, match="tasks"):
+        probability_of_improvement({"bad": (np.zeros((2, 2)), np.zeros((2, 3)))})

@@ -417,8 +417,11 @@ def test_atari_shaped_env_uses_cnn_tokens():
     model = RecurrentPPO(RIMPolicy, env, n_steps=16, batch_size=32, n_epochs=1)
     policy = model.policy
     assert isinstance(policy.features_extractor, AtariTokenEncoder)
-    assert policy.lstm_actor.num_tokens == 49 and policy.net_arch == []
+    assert policy.lstm_actor.num_tokens == 1 and policy.net_arch == []  # default: one vector token
     model.learn(32)
+    tokens = RecurrentPPO(RIMPolicy, env, n_steps=16, batch_size=32, n_epochs=1,
+                          policy_kwargs=dict(core_input="tokens")).policy
+    assert tokens.lstm_actor.num_tokens == 49  # the 7x7 CNN grid as a set
     env.close()
 
 

@@ -96,3 +96,16 @@ def test_resume_after_sigkill_uses_the_latest_checkpoint(tmp_path: Path) -> None
     config = yaml.safe_load((run / "config.yml").read_text())
     assert config["sessions"][-1]["from_timesteps"] == ROLLOUT
     assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+def test_resume_when_the_last_checkpoint_is_already_at_the_total(tmp_path: Path) -> None:
+    """A kill between the final checkpoint and ``model.zip``: resume has no step left to train and
+    only writes the final artefacts (no ``learn`` call, so the model has no logger yet)."""
+    run = run_dir_for(tmp_path, ENV, "gru", 0)
+    base = ["--core", "gru", "-f", str(tmp_path), "--n-envs", "2", "--eval-freq", "0", "--eval-episodes", "1", "-q"]
+    assert main([*base, "-n", str(2 * ROLLOUT), "--save-freq", str(ROLLOUT), "--hyperparams", *HYPERPARAMS]) == 0
+    for name in ("model.zip", "final_metrics.json"):
+        (run / name).unlink()
+    assert main([*base, "--resume", "-n", str(2 * ROLLOUT)]) == 0
+    assert load_agent(run / "model.zip").num_timesteps == 2 * ROLLOUT
+    assert (run / "final_metrics.json").is_file()

@@ -639,6 +639,11 @@ def _fmt_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
+def _logger_of(model: Any) -> Any:
+    """The model's SB3 logger, or ``None`` when ``learn`` never ran in this process (a resume at -n)."""
+    return getattr(model, "_logger", None)
+
+
 class RunCallback(BaseCallback):
     """Checkpoints, periodic evaluation, NaN guard, graceful stop and log lines for one run.
 
@@ -768,7 +773,8 @@ class Trainer:
 
     def check_finite(self, model: Any, where: str) -> None:
         """Raise :class:`NonFiniteError` if the last loss or any parameter is NaN/inf."""
-        loss = model.logger.name_to_value.get("train/loss") if model.logger is not None else None
+        logger = _logger_of(model)
+        loss = logger.name_to_value.get("train/loss") if logger is not None else None
         if loss is not None and not math.isfinite(float(loss)):
             raise NonFiniteError(f"the loss is non-finite ({loss}) {where}")
         if not params_finite(model):
@@ -789,11 +795,12 @@ class Trainer:
         is_best = self.history.add(steps, result)
         if is_best and params_finite(model):
             save_model_atomic(model, self.run_dir / BEST_MODEL_FILE)
-        if model.logger is not None:
-            model.logger.record("eval/mean_reward", result.mean_return)
-            model.logger.record("eval/mean_ep_length", float(np.mean(result.lengths)))
+        logger = _logger_of(model)
+        if logger is not None:
+            logger.record("eval/mean_reward", result.mean_return)
+            logger.record("eval/mean_ep_length", float(np.mean(result.lengths)))
             if result.success_rate is not None:
-                model.logger.record("eval/success_rate", result.success_rate)
+                logger.record("eval/success_rate", result.success_rate)
         self.say(f"eval @ {steps:,}: {result.summary()}{' [new best]' if is_best else ''}")
         return result
 
@@ -958,7 +965,7 @@ class Trainer:
             self.checkpoint(model)
         save_model_atomic(model, self.run_dir / MODEL_FILE)
         final = self.evaluate(model, int(model.num_timesteps))
-        if model.logger is not None:
+        if _logger_of(model) is not None:
             model.logger.dump(int(model.num_timesteps))
         wall = time.time() - started
         metrics = self._write_metrics(model, final, wall, start_steps)

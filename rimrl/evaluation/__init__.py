@@ -31,7 +31,13 @@ from rimrl.evaluation.results import (
     summarize,
 )
 from rimrl.evaluation.rollout import EpisodeRecord, EpisodeTrace, episode_quotas, run_episodes, trace_episode
-from rimrl.evaluation.stats import aggregate_scores, bootstrap_mean_interval, wilson_interval
+from rimrl.evaluation.stats import (
+    ImprovementEstimate,
+    aggregate_scores,
+    bootstrap_mean_interval,
+    probability_of_improvement,
+    wilson_interval,
+)
 
 __all__ = [
     "AGGREGATE_COLUMNS",
@@ -48,6 +54,7 @@ __all__ = [
     "EvaluationOptions",
     "EvaluationReport",
     "GameComparison",
+    "ImprovementEstimate",
     "ResultRow",
     "VariantEnv",
     "aggregate_rows",
@@ -58,6 +65,7 @@ __all__ = [
     "episode_quotas",
     "evaluate",
     "human_normalized_score",
+    "probability_of_improvement",
     "reference_scores",
     "relative_improvement",
     "resolve_variants",

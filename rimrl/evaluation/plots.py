@@ -16,11 +16,11 @@ import numpy as np  # noqa: E402
 
 from rimrl.evaluation.results import AggregateRow, GameComparison, ResultRow  # noqa: E402
 
-__all__ = ["CORE_ORDER", "bar_values", "plot_comparison", "plot_results"]
+__all__ = ["CORE_COLORS", "CORE_ORDER", "bar_values", "plot_comparison", "plot_results"]
 
 #: Bars appear in this order (others after, alphabetically); colours stay fixed per core.
 CORE_ORDER = ("lstm", "gru", "rim", "srm")
-_CORE_COLORS = {"lstm": "#7f7f7f", "gru": "#bcbd22", "rim": "#1f77b4", "srm": "#d62728"}
+CORE_COLORS = {"lstm": "#7f7f7f", "gru": "#bcbd22", "rim": "#1f77b4", "srm": "#d62728"}
 
 
 def _metric(rows: Sequence[ResultRow]) -> str:
@@ -94,7 +94,7 @@ def plot_results(rows: Sequence[ResultRow], aggregates: Sequence[AggregateRow], 
             highs.append(high - value if math.isfinite(high) else 0.0)
             labels.append(n)
         n_models = max(labels) if labels else 0
-        color = _CORE_COLORS.get(core, palette(j % 10))
+        color = CORE_COLORS.get(core, palette(j % 10))
         legend = f"{core} ({'IQM of ' + str(n_models) + ' seeds' if n_models > 1 else '1 model'})"
         positions = x + (j - (len(cores) - 1) / 2) * width
         ax.bar(positions, values, width, yerr=[lows, highs], capsize=3, color=color, label=legend)
