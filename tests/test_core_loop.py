@@ -25,6 +25,14 @@ GRADCHECK_CORES = {
     # keys folded, values not (tokens wider than the values)
     "rim-gru-keys-folded": lambda: RIM(9, 12, num_units=3, k=2, cell="gru", num_tokens=3, input_key_size=4,
                                        input_value_size=2, comm_key_size=3, num_comm_heads=2),
+    # a learned initial state (LSTM: h and c) that the mid-sequence reset sets
+    "rim-lstm-learned-init": lambda: RIM(8, 12, num_units=3, k=2, num_tokens=1, input_key_size=4, comm_key_size=3,
+                                         num_comm_heads=2, learn_initial_state=True),
+    "rim-gru-learned-init": lambda: RIM(8, 12, num_units=3, k=2, cell="gru", num_tokens=2, input_key_size=4,
+                                        comm_key_size=3, num_comm_heads=2, learn_initial_state=True),
+    # per-position competition over a token set, two heads
+    "rim-position-k": lambda: RIM(12, 12, num_units=3, k=2, num_tokens=3, position_k=1, num_input_heads=2,
+                                  input_key_size=3, comm_key_size=3, num_comm_heads=2),
     # dropout on both attentions (the same masks in every evaluation: seeded)
     "rim-dropout": lambda: RIM(12, 12, num_units=3, k=1, num_tokens=2, input_key_size=4, comm_key_size=3,
                                num_comm_heads=2, input_dropout=0.3, comm_dropout=0.3),

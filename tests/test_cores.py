@@ -16,6 +16,7 @@ CORE_SPECS = {
     "gru": {},
     "rim-lstm": {"num_units": 6, "k": 4, "cell": "lstm", "num_tokens": 3},
     "rim-gru": {"num_units": 6, "k": 3, "cell": "gru", "num_tokens": 2, "num_comm_heads": 3},
+    "rim-learnedinit": {"num_units": 6, "k": 4, "cell": "lstm", "num_tokens": 1, "learn_initial_state": True},
 }
 
 
@@ -69,7 +70,7 @@ def test_episode_start_equals_fresh_run(spec: str) -> None:
     starts = torch.zeros(T, B)
     starts[t0, row] = 1.0
     out, _ = core(x, random_state(), starts)
-    fresh, _ = core(x[t0:])  # every row from a zero state at t0, same batch shape
+    fresh, _ = core(x[t0:])  # every row from the initial state at t0, same batch shape
     torch.testing.assert_close(out[t0:, row], fresh[:, row], rtol=0, atol=1e-6)
     # Other rows are untouched by that row's reset.
     out_no_reset, _ = core(x, random_state())
@@ -327,3 +328,54 @@ def test_bad_input_shapes_raise() -> None:
         core(torch.randn(T, B, INPUT + 1))
     with pytest.raises(ValueError, match="episode_starts"):
         core(torch.randn(T, B, INPUT), None, torch.zeros(T, B + 1))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_learned_initial_state_breaks_first_step_ties(cell: str) -> None:
+    """With zeros every unit's first query is zero: all tie on the null slot, and top-k picks the same
+    units whatever the observation. A learned initial state makes the first choice depend on it."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 64, 16)
+    zero = RIM(16, 48, num_units=6, k=3, cell=cell, input_dropout=0.0, comm_dropout=0.0).eval()
+    zero.record_attention = True
+    zero(x)
+    assert torch.equal(zero.last_input_attention[..., 0], torch.full((1, 64, 6), 0.5))  # a tie
+    assert len({tuple(row.tolist()) for row in zero.last_active_mask[0]}) == 1
+    learned = RIM(16, 48, num_units=6, k=3, cell=cell, learn_initial_state=True).eval()
+    out, (h, c) = learned(x)
+    assert len({tuple(row.tolist()) for row in learned.last_active_mask[0]}) > 1
+    assert learned.h_init.shape == (6, 1, 8) and (learned.c_init is None) == (cell == "gru")
+    # Inactive units keep the initial state exactly; state=None and a reset both start from it.
+    h0, c0 = learned.initial_state(64, x)
+    inactive = ~learned.last_active_mask[0]  # (B, U)
+    units = lambda t: t[0].view(64, 6, 8)  # noqa: E731
+    assert torch.equal(units(out)[inactive], units(h0)[inactive])
+    starts = torch.ones(1, 64)
+    again, _ = learned(x, (torch.randn(1, 64, 48), torch.randn(1, 64, 48)), starts)
+    assert torch.equal(again, out)
+    # Its gradient flows only from rows that start from it.
+    learned.zero_grad()
+    learned(x, (h0.detach(), c0.detach()), torch.zeros(1, 64))[0].sum().backward()
+    assert learned.h_init.grad is None or not learned.h_init.grad.any()
+    learned(x)[0].sum().backward()
+    assert learned.h_init.grad.abs().sum() > 0
+
+
+def test_learn_initial_state_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match="learn_initial_state must be a bool"):
+        RIM(16, 48, learn_initial_state="yes")
+
+
+def test_position_competition_lets_each_token_be_read_by_position_k_units() -> None:
+    torch.manual_seed(0)
+    core = RIM(8 * 4, 48, num_units=6, k=4, num_tokens=8, position_k=2, learn_initial_state=True).eval()
+    core.record_attention = True
+    x = torch.randn(5, 3, 32)
+    core(x)
+    attention = core.last_input_attention  # (T, B, U, N + 1)
+    readers = (attention[..., 1:] > 0).sum(dim=2)  # units reading each real token
+    assert torch.equal(readers, torch.full_like(readers, 2))
+    assert (attention[..., 0] > 0).all()  # every unit still sees the null slot
+    assert torch.equal(core.last_active_mask.sum(-1), torch.full((5, 3), 4))  # k active, as before
+    with pytest.raises(ValueError, match="position_k must be None or an integer in"):
+        RIM(32, 48, num_units=6, num_tokens=8, position_k=7)

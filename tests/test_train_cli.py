@@ -90,6 +90,23 @@ def test_tiny_run_writes_the_whole_run_directory(core: str, tmp_path: Path) -> N
     load_agent(run / "best_model.zip")
 
 
+def test_eval_variants_are_evaluated_logged_and_kept_apart_from_best_model(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert main(["--core", "lstm", "-f", str(tmp_path), *TINY, "--eval-variants", "all"]) == 0
+    run = run_dir(tmp_path, "lstm")
+    assert yaml.safe_load((run / CONFIG_FILE).read_text())["eval_variants"] == ["all"]
+    train = np.load(run / "evaluations.npz")
+    for variant in ("more", "novel", "more+novel"):
+        data = np.load(run / f"evaluations_{variant}.npz")
+        assert data["timesteps"].tolist() == train["timesteps"].tolist() == [128, 256]
+        assert data["successes"].shape == (2, 2)
+    events = EventAccumulator(str(next((run / "tb").iterdir())))
+    events.Reload()
+    assert {"eval_more/success_rate", "eval_novel/success_rate", "eval_more+novel/success_rate"} <= set(
+        events.Tags()["scalars"])
+
+
 def test_config_file_reproduces_a_run_and_flags_override_it(tmp_path: Path) -> None:
     assert main(["--core", "gru", "-f", str(tmp_path / "a"), *TINY, "policy_kwargs.core_input_projection=16"]) == 0
     first = yaml.safe_load((run_dir(tmp_path / "a", "gru") / CONFIG_FILE).read_text())
@@ -132,6 +149,8 @@ def test_existing_run_dir_is_refused_then_overwritten(tmp_path: Path, capsys: py
         (["--vec-env", "ale"], ["only for Atari"]),
         (["--resume", "--overwrite"], ["exclude each other"]),
         (["--config", "missing.yml"], ["not found"]),
+        (["--eval-variants", "weird"], ["unknown variant 'weird'", "more+novel"]),
+        (["--env", "MiniGrid-Empty-5x5-v0", "--eval-variants", "more"], ["needs a distractor-suite env"]),
     ],
 )
 def test_bad_input_exits_2_with_one_line(

@@ -114,6 +114,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_freq": 25_000,
     "eval_episodes": 20,
     "eval_deterministic": False,
+    "eval_variants": [],
     "save_freq": 25_000,
     "keep_checkpoints": 5,
     "device": "auto",
@@ -133,6 +134,12 @@ MODEL_FILE = "model.zip"
 BEST_MODEL_FILE = "best_model.zip"
 METRICS_FILE = "final_metrics.json"
 EVALUATIONS_FILE = "evaluations.npz"
+
+
+def variant_evaluations_file(variant: str) -> str:
+    """``evaluations_<variant>.npz``: the periodic evaluations on another variant (``--eval-variants``)."""
+    return f"evaluations_{variant}.npz"
+
 MONITOR_DIR = "monitor"
 TB_DIR = "tb"
 TB_LOG_NAME = "RecurrentPPO"
@@ -164,6 +171,7 @@ class TrainOptions:
     eval_freq: int = DEFAULTS["eval_freq"]
     eval_episodes: int = DEFAULTS["eval_episodes"]
     eval_deterministic: bool = DEFAULTS["eval_deterministic"]
+    eval_variants: list[str] = field(default_factory=list)
     save_freq: int = DEFAULTS["save_freq"]
     keep_checkpoints: int = DEFAULTS["keep_checkpoints"]
     device: str = DEFAULTS["device"]
@@ -266,6 +274,10 @@ def build_parser() -> ArgumentParser:
                      help=f"episodes per evaluation [default: {DEFAULTS['eval_episodes']}]")
     out.add_argument("--deterministic-eval", dest="eval_deterministic", action="store_const", const=True,
                      default=None, help="evaluate with the greedy action [default: sampled actions]")
+    out.add_argument("--eval-variants", nargs="+", metavar="VARIANT",
+                     help="also evaluate, at every evaluation, on these variants of the training env's "
+                     "distractor suite (more novel more+novel, or all): evaluations_<variant>.npz and "
+                     "TensorBoard eval_<variant>/* [default: none]")
     out.add_argument("--save-freq", type=_int_arg, metavar="STEPS",
                      help=f"checkpoint every STEPS env steps, 0 = only at the end/on a signal "
                      f"[default: {DEFAULTS['save_freq']:_}]")
@@ -329,6 +341,9 @@ def _validate_settings(settings: dict[str, Any]) -> None:
     for env in settings["envs"]:
         if not isinstance(env, str) or not env:
             raise CLIError(f"env must be a non-empty string, got {env!r}")
+    variants = settings["eval_variants"]
+    if not isinstance(variants, list) or not all(isinstance(v, str) and v for v in variants):
+        raise CLIError(f"eval_variants must be a list of variant names, got {variants!r}")
 
 
 def build_trials(args: Any, argv: Sequence[str]) -> list[TrainOptions]:
@@ -398,6 +413,7 @@ class ResolvedTrial:
     overrides: dict[str, Any]  # what make_agent gets as overrides
     saved_config: dict[str, Any] | None = None  # the run's config.yml on --resume
     resume_from: Path | None = None  # the checkpoint to continue from
+    variant_envs: dict[str, str] = field(default_factory=dict)  # --eval-variants: variant -> env id
 
     @property
     def run_dir(self) -> Path:
@@ -488,8 +504,8 @@ def _check_run_dir(options: TrainOptions) -> None:
 #: On ``--resume`` these stay as the run saved them (they define the experiment) ...
 _RESUME_KEPT = ("n_envs", "vec_env", "preset", "eval_deterministic", "env_kwargs")
 #: ... and these follow the command line when given there, else the saved value.
-_RESUME_UPDATABLE = ("n_timesteps", "eval_freq", "eval_episodes", "save_freq", "keep_checkpoints", "tensorboard",
-                     "device")
+_RESUME_UPDATABLE = ("n_timesteps", "eval_freq", "eval_episodes", "eval_variants", "save_freq", "keep_checkpoints",
+                     "tensorboard", "device")
 
 
 def _resume_settings(options: TrainOptions, saved: Mapping[str, Any], say: Any) -> TrainOptions:
@@ -560,9 +576,10 @@ def resolve_trial(options: TrainOptions, say: Any = None) -> ResolvedTrial:
     vec_env = options.vec_env or ("ale" if family == "atari" else "dummy")
     if vec_env == "ale" and family != "atari":
         raise CLIError(f"--vec-env ale is only for Atari games, not {options.env!r}; use dummy or subproc")
+    variant_envs = resolve_eval_variants(options.env, options.eval_variants)
     _check_run_dir(options)
     return ResolvedTrial(
-        options=options, family=family, params=params, n_envs=n_envs, vec_env=vec_env,
+        options=options, family=family, params=params, n_envs=n_envs, vec_env=vec_env, variant_envs=variant_envs,
         preset_for_agent=preset_for_agent, overrides=overrides, saved_config=saved, resume_from=resume_from,
     )
 
@@ -602,17 +619,37 @@ def make_train_env(trial: ResolvedTrial, session: int) -> Any:
     return EpisodeCSV(venv, str(monitor_dir / f"session{session}"), options.env, trial.family == "minigrid")
 
 
-def make_eval_env(trial: ResolvedTrial) -> Any:
-    """The evaluation ``VecEnv`` (train variant): at most ``eval_episodes`` envs, in-process."""
+def resolve_eval_variants(env_id: str, variants: Sequence[str]) -> dict[str, str]:
+    """``--eval-variants`` -> ``{variant: env id}`` in the suite of ``env_id`` (``all``: every variant
+    but the training one); :class:`CLIError` for an env outside the suites or an unknown variant."""
+    from rimrl.envs import DISTRACTOR_SUITES, suite_of
+
+    if not variants:
+        return {}
+    found = suite_of(env_id)
+    if found is None:
+        raise CLIError(f"--eval-variants needs a distractor-suite env (e.g. rimrl/Pickup-Train-v0), not {env_id!r}")
+    suite, trained = found
+    members = DISTRACTOR_SUITES[suite]
+    names = [v for v in members if v != trained] if list(variants) == ["all"] else list(variants)
+    for name in names:
+        if name not in members:
+            raise CLIError(f"unknown variant {name!r} for --eval-variants; the {suite} suite has {', '.join(members)}")
+    return {name: members[name] for name in dict.fromkeys(names)}
+
+
+def make_eval_env(trial: ResolvedTrial, env_id: str | None = None) -> Any:
+    """An evaluation ``VecEnv`` (the train variant, or ``env_id``): at most ``eval_episodes`` envs, in-process."""
     from rimrl.envs import make_env
 
+    env_id = trial.options.env if env_id is None else env_id
     n_envs = max(1, min(trial.options.eval_episodes, trial.n_envs))
     vec_env = "ale" if trial.vec_env == "ale" else "dummy"
     try:
-        return make_env(trial.options.env, n_envs=n_envs, seed=trial.options.seed + EVAL_SEED_OFFSET,
+        return make_env(env_id, n_envs=n_envs, seed=trial.options.seed + EVAL_SEED_OFFSET,
                         vec_env=vec_env, **trial.options.env_kwargs)
     except (ValueError, TypeError) as error:
-        raise CLIError(f"cannot make the evaluation env {trial.options.env!r}: {one_line(error)}") from None
+        raise CLIError(f"cannot make the evaluation env {env_id!r}: {one_line(error)}") from None
 
 
 # ==============================================================================================
@@ -760,6 +797,8 @@ class Trainer:
         self.eval_env: Any = None
         self.checkpoints: CheckpointManager | None = None
         self.history: EvalHistory | None = None
+        # --eval-variants: variant -> (its evaluation env, its history file)
+        self.variant_evals: dict[str, tuple[Any, EvalHistory]] = {}
         self.last_checkpoint: Path | None = None
         self.started = time.time()
 
@@ -802,6 +841,16 @@ class Trainer:
             if result.success_rate is not None:
                 logger.record("eval/success_rate", result.success_rate)
         self.say(f"eval @ {steps:,}: {result.summary()}{' [new best]' if is_best else ''}")
+        for variant, (env, history) in self.variant_evals.items():
+            # Recorded only: the best model is chosen on the train variant alone.
+            other = evaluate_recurrent(model, env, options.eval_episodes, deterministic=options.eval_deterministic,
+                                       seed=options.seed + EVAL_SEED_OFFSET)
+            history.add(steps, other)
+            if logger is not None:
+                logger.record(f"eval_{variant}/mean_reward", other.mean_return)
+                if other.success_rate is not None:
+                    logger.record(f"eval_{variant}/success_rate", other.success_rate)
+            self.say(f"eval @ {steps:,} [{variant}]: {other.summary()}")
         return result
 
     # --- setup -----------------------------------------------------------------------------------
@@ -841,6 +890,7 @@ class Trainer:
             "eval_freq": options.eval_freq,
             "eval_episodes": options.eval_episodes,
             "eval_deterministic": options.eval_deterministic,
+            "eval_variants": list(options.eval_variants),
             "save_freq": options.save_freq,
             "keep_checkpoints": options.keep_checkpoints,
             "device": options.device,
@@ -932,6 +982,8 @@ class Trainer:
             env.close()
             if self.eval_env is not None:
                 self.eval_env.close()
+            for variant_env, _ in self.variant_evals.values():
+                variant_env.close()
 
     def _setup(self, env: VecEnv, session: int) -> None:
         options = self.trial.options
@@ -939,6 +991,9 @@ class Trainer:
         if session > 0:
             self.model.set_random_seed(options.seed + SESSION_SEED_STRIDE * session)
         self.eval_env = make_eval_env(self.trial)
+        for variant, env_id in self.trial.variant_envs.items():
+            self.variant_evals[variant] = (make_eval_env(self.trial, env_id),
+                                           EvalHistory(self.run_dir / variant_evaluations_file(variant)))
         self.checkpoints = CheckpointManager(self.run_dir, keep=options.keep_checkpoints)
         self.history = EvalHistory(self.run_dir / EVALUATIONS_FILE)
         self.last_checkpoint = self.trial.resume_from

@@ -58,9 +58,23 @@ class LoopSettings:
     input_dropout: float
     comm_dropout: float
     record_attention: bool
+    # Per-position competition: each real token is read only by the `position_k` units that score
+    # it highest (None: every unit may read every token).
+    position_k: int | None = None
     # Filled by the forward pass (detached side outputs).
     masks: list[torch.Tensor] = field(default_factory=list)
     attentions: list[torch.Tensor] = field(default_factory=list)
+
+
+def _position_competition(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Per token (column >= 1 of ``scores`` ``(B * heads, U, N + 1)``), keep the scores of the ``k``
+    units that score it highest and set the others' to ``-inf`` (they read nothing of it); the null
+    column is never masked. The choice is hard: a masked entry's attention is exactly 0, and so is
+    its gradient (softmax backward), with no extra term in the loop's backward."""
+    real = scores[:, :, 1:]
+    kth = real.topk(k, dim=1).values[:, -1:, :]  # (B * heads, 1, N): the k-th best score per token
+    masked = real.masked_fill(real < kth, float("-inf"))
+    return torch.cat([scores[:, :, :1], masked], dim=2)
 
 
 def _to_head_rows(z: torch.Tensor, batch_size: int, heads: int) -> torch.Tensor:
@@ -115,6 +129,8 @@ class _ModularLoop(torch.autograd.Function):
         comm_bias: torch.Tensor,
         out_weight: torch.Tensor | None,
         out_bias: torch.Tensor | None,
+        h_init: torch.Tensor | None,  # (U, 1, S): the state a reset sets (None: zeros)
+        c_init: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         s = settings
         units, batch_size = h.shape[:2]
@@ -138,7 +154,7 @@ class _ModularLoop(torch.autograd.Function):
         outputs = []
         for t in range(seq_len):
             if s.reset_steps[t]:
-                h, c = h * step_keep[t], c * step_keep[t]
+                h, c = _reset(h, step_keep[t], h_init), _reset(c, step_keep[t], c_init)
             h_in = h
 
             # 1. Input attention over [null, tokens]: (B * heads, U, N + 1).
@@ -148,6 +164,8 @@ class _ModularLoop(torch.autograd.Function):
                 scores = torch.bmm(query, step_keys[t])
             else:
                 scores = torch.baddbmm(input_logits, query, step_keys[t])
+            if s.position_k is not None:
+                scores = _position_competition(scores, s.position_k)
             attention = scores.softmax(dim=-1)
             if s.record_attention:
                 s.attentions.append(attention.view(batch_size, heads, units, -1).mean(1))
@@ -205,6 +223,7 @@ class _ModularLoop(torch.autograd.Function):
 
         if save:
             ctx.settings, ctx.saved_steps = s, saved
+            ctx.has_init = (h_init is not None, c_init is not None)
             ctx.save_for_backward(
                 keys_t, values, keep, read_h_weight, input_weight, comm_weight, out_weight, input_logits, comm_bias
             )
@@ -230,6 +249,8 @@ class _ModularLoop(torch.autograd.Function):
 
         grad_h = torch.zeros_like(grad_outputs[0])
         grad_c = grad_c_final  # never written in place below
+        # Gradients of the learned initial state: the reset rows' state gradients, summed over rows.
+        grad_h_init = grad_c_init = None
         # Per-step terms of the gradients computed after the loop (index t filled at step t).
         grad_read_h: list = [None] * seq_len
         grad_scores_all: list = [None] * seq_len
@@ -298,6 +319,13 @@ class _ModularLoop(torch.autograd.Function):
                     grad_h = grad_h + extra
             grad_c = grad_c_in
             if s.reset_steps[t]:
+                reset_rows = 1.0 - step_keep[t]  # (B, 1)
+                if ctx.has_init[0]:
+                    part = (grad_h * reset_rows).sum(dim=1, keepdim=True)
+                    grad_h_init = part if grad_h_init is None else grad_h_init + part
+                if ctx.has_init[1]:
+                    part = (grad_c * reset_rows).sum(dim=1, keepdim=True)
+                    grad_c_init = part if grad_c_init is None else grad_c_init + part
                 grad_h, grad_c = grad_h * step_keep[t], grad_c * step_keep[t]
 
         need = ctx.needs_input_grad
@@ -331,7 +359,14 @@ class _ModularLoop(torch.autograd.Function):
             grads.get("read_h_weight"), grads.get("read_h_bias"), grads.get("input_weight"),
             grads.get("input_bias"), grads.get("input_logits"), grads.get("comm_weight"),
             grads.get("comm_bias"), grads.get("out_weight"), grads.get("out_bias"),
+            grad_h_init if need[16] else None, grad_c_init if need[17] else None,
         )  # fmt: skip
+
+
+def _reset(state: torch.Tensor, keep: torch.Tensor, init: torch.Tensor | None) -> torch.Tensor:
+    """Rows with ``keep == 0`` set to the initial state: ``state`` ``(U, B, S)``, ``keep`` ``(B, 1)``,
+    ``init`` ``(U, 1, S)`` or ``None`` (zeros)."""
+    return state * keep if init is None else torch.where(keep.bool(), state, init)  # kept rows exact
 
 
 def run_modular_loop(settings: LoopSettings, *tensors: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,7 +376,8 @@ def run_modular_loop(settings: LoopSettings, *tensors: torch.Tensor | None) -> t
     ``keep (T, B, 1)``, ``h``, ``c`` ``(U, B, S)``, the merged hidden projection's weight and bias,
     the cell's input weight and bias, input logits ``(U, N + 1)`` or ``None``, the communication
     weight (scale folded in) and its ``(U * heads, U * heads)`` logit bias, the output projection's
-    weight and bias (or ``None``). The backward is written out only when a gradient will be asked
+    weight and bias (or ``None``), and the initial ``h`` and ``c`` ``(U, 1, S)`` that a reset sets
+    (``None``: zeros). The backward is written out only when a gradient will be asked
     for: in a rollout (no grad) nothing is kept.
     """
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

@@ -25,6 +25,9 @@ from rimrl.cores.base import RecurrentCore, State, check_divisible, check_positi
 from rimrl.cores.grouped import CELL_KINDS, GroupedLinear, make_grouped_cell
 from rimrl.cores.loop import LoopSettings, run_modular_loop
 
+#: Standard deviation of the learned initial ``h`` at construction (``c`` starts at zero).
+INITIAL_STATE_STD = 0.1
+
 
 class ModularCore(RecurrentCore):
     """Units (modules) of ``unit_size`` with grouped cells, input attention and communication.
@@ -54,6 +57,8 @@ class ModularCore(RecurrentCore):
         num_comm_heads: int,
         input_dropout: float,
         comm_dropout: float,
+        learn_initial_state: bool = False,
+        position_k: int | None = None,
         unit_name: str = "num_units",
     ) -> None:
         super().__init__(input_size, hidden_size)
@@ -108,10 +113,35 @@ class ModularCore(RecurrentCore):
         read_size = num_comm_heads * comm_value_size
         self.comm_out = None if read_size == unit_size else GroupedLinear(num_units, read_size, unit_size)
         self.comm_dropout = nn.Dropout(comm_dropout)
+        # The state a reset (and state=None) sets. Zeros make every unit's query zero at an
+        # episode's first step: all units then tie on the null slot and top-k always picks the same
+        # ones. A learned state gives each unit its own first query (docs/policies.md, "Ties").
+        if not isinstance(learn_initial_state, bool):
+            raise ValueError(f"learn_initial_state must be a bool, got {learn_initial_state!r}")
+        self.learn_initial_state = learn_initial_state
+        if position_k is not None and (
+            not isinstance(position_k, int) or isinstance(position_k, bool) or not 1 <= position_k <= num_units
+        ):
+            raise ValueError(f"position_k must be None or an integer in [1, {unit_name}={num_units}], got {position_k!r}")
+        self.position_k = position_k
+        if learn_initial_state:
+            self.h_init = nn.Parameter(INITIAL_STATE_STD * torch.randn(num_units, 1, unit_size))
+            self.c_init = nn.Parameter(torch.zeros(num_units, 1, unit_size)) if cell == "lstm" else None
+        else:
+            self.h_init = self.c_init = None
         self.record_attention = False
         self.fold_projections = True  # see attention_operands
         self.last_active_mask: torch.Tensor | None = None
         self.last_input_attention: torch.Tensor | None = None
+
+    def initial_state(self, batch_size: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, c)``, each ``(1, B, hidden_size)``: zeros, or the learned initial state."""
+        if self.h_init is None:
+            return super().initial_state(batch_size, like)
+        zeros = super().initial_state(batch_size, like)[0]
+        h = self.h_init.transpose(0, 1).reshape(1, 1, self.hidden_size).expand(1, batch_size, -1).to(like)
+        c = zeros if self.c_init is None else self.c_init.transpose(0, 1).reshape(1, 1, -1).expand_as(h).to(like)
+        return h, c
 
     def attention_terms(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """``(input_logits (U, N + 1), comm_logits (U, U), eligible (U,) bool)``, each or ``None``.
@@ -202,8 +232,10 @@ class ModularCore(RecurrentCore):
 
         Args:
             x: ``(T, B, input_size)``.
-            state: ``(h, c)``, each ``(1, B, hidden_size)``; ``None`` for zeros.
-            episode_starts: ``(T, B)`` in {0, 1}; rows with 1 are reset before step t.
+            state: ``(h, c)``, each ``(1, B, hidden_size)``; ``None`` for the initial state (zeros,
+                or the learned one with ``learn_initial_state``).
+            episode_starts: ``(T, B)`` in {0, 1}; rows with 1 are reset to the initial state
+                before step t.
             active_mask: optional ``(T, B, num_units)`` bool that replaces the selection (for
                 ablations and tests); ``None`` selects as the core's paper does.
 
@@ -259,6 +291,7 @@ class ModularCore(RecurrentCore):
             query_size=query_size,
             comm_split=comm_split,
             k=self.k,
+            position_k=self.position_k,
             eligible=None if eligible is None else eligible.view(units, 1, 1),
             active_mask=active_mask,
             all_active=all_active,
@@ -274,6 +307,7 @@ class ModularCore(RecurrentCore):
             settings, keys_t, values, keep, h0, c0, read_h_weight, read_h_bias, input_weight, input_bias,
             input_logits, comm_weight, comm_bias,
             None if comm_out is None else comm_out.weight, None if comm_out is None else comm_out.bias,
+            self.h_init, self.c_init,
         )  # fmt: skip  # outputs (T, U, B, S)
 
         if all_active:

@@ -48,6 +48,14 @@ class RIM(ModularCore):
             heads do not divide the unit size, ``unit_size``). Any size whose heads, concatenated,
             differ from ``unit_size`` adds a per-unit output projection back to ``unit_size``.
         input_dropout, comm_dropout: dropout on the two attention distributions.
+        learn_initial_state: reset rows (and ``state=None``) to a learned per-unit ``(h, c)``
+            instead of zeros. With zeros every unit's first query is zero, all units tie on the
+            null slot at an episode's first step, and top-k always picks the same units.
+        position_k: per-position competition for a token set (the paper's rule for inputs with
+            several positions): each real token is read only by the ``position_k`` units whose
+            scores for it are highest (all units tied with the ``position_k``-th read it too);
+            ``None`` lets every unit read every token. Selection of the ``k`` active units is
+            unchanged (least null attention, after this masking).
 
     After each call, ``last_active_mask`` holds the ``(T, B, num_units)`` bool mask of active
     units (detached), for analysis and plots. ``forward(..., active_mask=...)`` replaces the
@@ -70,6 +78,8 @@ class RIM(ModularCore):
         num_comm_heads: int = 4,
         input_dropout: float = 0.1,
         comm_dropout: float = 0.1,
+        learn_initial_state: bool = False,
+        position_k: int | None = None,
     ) -> None:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_units:
             raise ValueError(f"k must be an integer in [1, num_units={num_units}], got {k!r}")
@@ -88,6 +98,8 @@ class RIM(ModularCore):
             num_comm_heads=num_comm_heads,
             input_dropout=input_dropout,
             comm_dropout=comm_dropout,
+            learn_initial_state=learn_initial_state,
+            position_k=position_k,
         )
 
     def extra_repr(self) -> str:

@@ -177,6 +177,7 @@ class SRM(ModularCore):
         comm_dropout: float = 0.0,
         position_hidden_size: int = 64,
         position_lr_scale: float = 0.05,
+        learn_initial_state: bool = False,
     ) -> None:
         if not isinstance(embedding_dim, int) or isinstance(embedding_dim, bool) or embedding_dim < 2:
             raise ValueError(f"embedding_dim must be an integer >= 2, got {embedding_dim!r}")
@@ -207,6 +208,7 @@ class SRM(ModularCore):
             num_comm_heads=num_comm_heads,
             input_dropout=input_dropout,
             comm_dropout=comm_dropout,
+            learn_initial_state=learn_initial_state,
             unit_name="num_modules",
         )
         self.embedding_dim, self.tau = embedding_dim, float(tau)

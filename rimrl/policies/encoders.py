@@ -164,9 +164,20 @@ class MiniGridTokenEncoder(TokenEncoder):
     :param token_dim: D, the embedding size of each token.
     :param normalized_images: for the 0..255 box only: whether SB3 divided the input by 255
         (the policy sets it from its ``normalize_images``).
+    :param position_std: initial standard deviation of the learned per-cell positional term
+        ``P`` (the content sum has unit variance). 0.1 keeps tokens mostly content; a larger value
+        (e.g. 1.0) makes cells of equal content distinguishable by the attention from the start.
     """
 
-    def __init__(self, observation_space: spaces.Space, token_dim: int = 32, normalized_images: bool = True):
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        token_dim: int = 32,
+        normalized_images: bool = True,
+        position_std: float = 0.1,
+    ):
+        if not (isinstance(position_std, (int, float)) and not isinstance(position_std, bool) and position_std >= 0):
+            raise ValueError(f"position_std must be a number >= 0, got {position_std!r}")
         self._dict_obs = isinstance(observation_space, spaces.Dict)
         if self._dict_obs:
             grid_key = _grid_key(observation_space)  # type: ignore[arg-type]
@@ -218,7 +229,7 @@ class MiniGridTokenEncoder(TokenEncoder):
         table = th.randn(pad + 1, token_dim) / np.sqrt(3.0)  # unit-variance sum of three rows at init
         table[pad] = 0.0
         self.table = nn.Parameter(table)
-        self.token_pos = nn.Parameter(th.randn(self.num_tokens, token_dim) * 0.1)
+        self.token_pos = nn.Parameter(th.randn(self.num_tokens, token_dim) * float(position_std))
 
     @staticmethod
     def _table_sizes(grid_space: spaces.Box) -> tuple[int, int, int]:
