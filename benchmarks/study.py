@@ -56,7 +56,15 @@ from rimrl.cli.common import (
     run_dir_for,
     to_yaml_safe,
 )
-from rimrl.cli.train import CONFIG_FILE, CORES, METRICS_FILE, MODEL_FILE, MONITOR_DIR
+from rimrl.cli.train import (
+    CONFIG_FILE,
+    CORES,
+    EVALUATIONS_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    MONITOR_DIR,
+    variant_evaluations_file,
+)
 from rimrl.envs import DISTRACTOR_SUITES
 from rimrl.evaluation.environments import EvaluationInputError
 
@@ -312,7 +320,7 @@ def train_argv(settings: StudySettings, core: str, seed: int) -> list[str]:
     """The ``train.py`` arguments of one run (recorded in its ``config.yml``). ``--resume`` always:
     train.py continues from the latest checkpoint, or starts a new run where there is none."""
     argv = ["--env", settings.env_id, "--core", core, "--seed", str(seed), "-n", str(settings.n_timesteps),
-            "-f", str(settings.out), "--resume", "--threads", str(settings.threads)]
+            "-f", str(settings.out), "--resume", "--threads", str(settings.threads), "--eval-variants", "all"]
     if settings.n_envs is not None:
         argv += ["--n-envs", str(settings.n_envs)]
     if settings.train_eval_episodes is not None:
@@ -579,7 +587,44 @@ def compute_curves(settings: StudySettings, runs: Sequence[RunState]) -> dict[st
         curves[core] = {"seeds": [state.seed for state in members], "mean": mean, "ci_low": low, "ci_high": high,
                         "per_seed": {str(state.seed): list(matrix[i]) for i, state in enumerate(members)}}
     return {"bin_start": [int(e) for e in edges[:-1]], "bin_end": [int(e) for e in edges[1:]],
-            "bin_steps": settings.bin_steps, "cores": curves}
+            "bin_steps": settings.bin_steps, "cores": curves, "evaluation": evaluation_curves(settings, runs)}
+
+
+def evaluation_success(run_dir: Path, variant: str, trained: str) -> dict[int, float]:
+    """``{step: success rate}`` of train.py's periodic evaluations of one run on ``variant``
+    (``evaluations.npz`` for the training variant, ``evaluations_<variant>.npz`` for the others)."""
+    path = run_dir / (EVALUATIONS_FILE if variant == trained else variant_evaluations_file(variant))
+    if not path.is_file():
+        return {}
+    with np.load(path) as data:
+        if "successes" not in data:
+            return {}
+        return {int(step): float(np.nanmean(row)) for step, row in zip(data["timesteps"], data["successes"], strict=True)}
+
+
+def evaluation_curves(settings: StudySettings, runs: Sequence[RunState]) -> dict[str, Any]:
+    """Per variant and core: success of the periodic evaluations during training (train.py
+    ``--eval-variants``) at the steps every seed evaluated, mean over seeds and 95 % bootstrap CI."""
+    from rimrl.evaluation.stats import bootstrap_mean_interval
+
+    out: dict[str, Any] = {}
+    for variant in settings.variants:
+        per_core: dict[str, Any] = {}
+        for core in settings.cores:
+            members = [state for state in runs if state.core == core]
+            series = [evaluation_success(state.run_dir, variant, "train") for state in members]
+            if not members or not all(series):
+                continue
+            steps = sorted(set.intersection(*(set(points) for points in series)))
+            matrix = np.array([[points[step] for step in steps] for points in series])
+            intervals = [bootstrap_mean_interval(matrix[:, k], reps=settings.reps, seed=k) if len(members) >= 2
+                         else (math.nan, math.nan) for k in range(len(steps))]
+            per_core[core] = {"steps": steps, "mean": matrix.mean(axis=0).tolist(),
+                              "ci_low": [lo for lo, _ in intervals], "ci_high": [hi for _, hi in intervals],
+                              "per_seed": {str(state.seed): matrix[i].tolist() for i, state in enumerate(members)}}
+        if per_core:
+            out[variant] = per_core
+    return out
 
 
 # ==============================================================================================
@@ -667,7 +712,8 @@ def write_markdown(settings: StudySettings, runs: Sequence[RunState], missing: S
         f"per variant, sampled (stochastic) actions as in train.py's own evaluation, evaluation seed "
         f"{settings.eval_seed}, {settings.eval_n_envs} envs (per-run files under `{settings.out / EVAL_DIR}`).",
         f"- Written {created}; git commit {git.get('commit') or '?'}{' (dirty)' if git.get('dirty') else ''}.",
-        "- Figures: `results.png` (IQM and CI per variant and core), `curves.png` (training-episode success).",
+        "- Figures: `results.png` (IQM and CI per variant and core), `curves.png` (success vs env steps: training "
+        "episodes, and train.py's periodic evaluations on every variant).",
     ]
     if missing:
         header.append(f"- **Not included** (training did not complete): "
@@ -718,7 +764,8 @@ def plot_success(settings: StudySettings, runs: Sequence[RunState], stats: Mappi
 
 
 def plot_curves(settings: StudySettings, runs: Sequence[RunState], curves: Mapping[str, Any], path: Path) -> Path:
-    """Training-episode success vs env steps per core: the mean over seeds and a 95 % CI band."""
+    """Success vs env steps per core, the mean over seeds and a 95 % CI band: the training episodes
+    (first panel), then train.py's periodic evaluations on each variant (one panel each)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -726,25 +773,30 @@ def plot_curves(settings: StudySettings, runs: Sequence[RunState], curves: Mappi
 
     from rimrl.evaluation.plots import CORE_COLORS, save_figure
 
-    steps = (np.array(curves["bin_start"]) + np.array(curves["bin_end"])) / 2  # each bin at its centre
+    evaluation = curves.get("evaluation") or {}
+    panels = [("training episodes (monitor CSVs)", None), *((f"evaluation on {v}", v) for v in evaluation)]
     end = int(curves["bin_end"][-1])
-    fig, ax = plt.subplots(figsize=(8.0, 5.0))
-    for core, curve in curves["cores"].items():
-        color = CORE_COLORS.get(core, None)
-        mean = np.array(curve["mean"], dtype=np.float64)
-        low = np.array(curve["ci_low"], dtype=np.float64)
-        high = np.array(curve["ci_high"], dtype=np.float64)
-        ax.plot(steps, mean, color=color, marker="o" if len(steps) <= 20 else None, ms=3,
-                label=f"{core} ({len(curve['seeds'])} seeds)")
-        ax.fill_between(steps, low, high, color=color, alpha=0.2, lw=0)
-    ax.set_xlabel("env steps (cumulative episode lengths over all training envs)")
-    ax.set_ylabel("training-episode success rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlim(0, max(end, 1))
-    ax.grid(True, alpha=0.25)
-    ax.legend(fontsize=8, loc="best")
-    fig.suptitle(_title(settings, runs, f"training-episode success (monitor CSVs, bins of {settings.bin_steps:,} "
-                                        f"steps): mean over seeds, 95% bootstrap CI over seeds"), fontsize=7.5)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 0.5, 4.6), sharey=True, squeeze=False)
+    bin_centres = (np.array(curves["bin_start"]) + np.array(curves["bin_end"])) / 2
+    for ax, (title, variant) in zip(axes[0], panels, strict=True):
+        series = curves["cores"] if variant is None else evaluation[variant]
+        for core, curve in series.items():
+            color = CORE_COLORS.get(core, None)
+            steps = bin_centres if variant is None else np.array(curve["steps"], dtype=np.float64)
+            ax.plot(steps, np.array(curve["mean"], dtype=np.float64), color=color, ms=3,
+                    marker="o" if len(steps) <= 20 else None, label=f"{core} ({len(curve['per_seed'])} seeds)")
+            ax.fill_between(steps, np.array(curve["ci_low"], dtype=np.float64),
+                            np.array(curve["ci_high"], dtype=np.float64), color=color, alpha=0.2, lw=0)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("env steps")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlim(0, max(end, 1))
+        ax.grid(True, alpha=0.25)
+    axes[0][0].set_ylabel("success rate")
+    axes[0][0].legend(fontsize=8, loc="best")
+    fig.suptitle(_title(settings, runs, f"success vs env steps: mean over seeds, 95% bootstrap CI over seeds. Training "
+                                        f"episodes in bins of {settings.bin_steps:,} steps; evaluations: train.py's "
+                                        f"periodic sampled-action episodes per variant"), fontsize=7.5)
     return save_figure(fig, path)
 
 
