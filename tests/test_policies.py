@@ -355,6 +355,14 @@ def test_save_then_load_in_fresh_process_gives_identical_predictions(tmp_path):
     if "rim" in AVAILABLE_CORES:
         variants["rim-proj"] = ("rim", dict(core_input_projection=24))
         variants["rim-tokens"] = ("rim", dict(core_input="tokens"))
+        # The token-set options measured in docs/policies.md: heads with a strong positional term,
+        # per-position competition; and a learned initial state.
+        variants["rim-tokens-heads"] = ("rim", dict(core_input="tokens", core_kwargs=dict(num_input_heads=4),
+                                                    features_extractor_kwargs=dict(position_std=1.0)))
+        variants["rim-tokens-position-k"] = ("rim", dict(core_input="tokens", core_kwargs=dict(position_k=2)))
+        variants["rim-learned-init"] = ("rim", dict(core_kwargs=dict(learn_initial_state=True)))
+    if "srm" in AVAILABLE_CORES:
+        variants["srm-k-learned-init"] = ("srm", dict(core_kwargs=dict(k=4, learn_initial_state=True)))
     models, paths = {}, []
     for name, (core, extra) in variants.items():
         kwargs = {**small_policy_kwargs(core), **extra}
