@@ -184,6 +184,7 @@ def test_separate_critic_and_projection():
         (dict(core_kwargs=dict(num_tokens=3)), "num_tokens"),
         (dict(core_input="tokens", core_input_projection=32), "core_input_projection"),
         (dict(core_input_projection=0), "core_input_projection"),
+        (dict(core_input_projection=8, core_input_activation="gelu"), "core_input_activation"),
         (dict(core_input="grid"), "core_input"),
         (dict(core="srm", core_input="vector"), "core_input"),
         (dict(core="lstm", core_input="tokens"), "core_input"),
@@ -196,6 +197,16 @@ def test_invalid_hyperparameters_raise_value_error(policy_kwargs, match):
     env = make_vec_env("CartPole-v1", n_envs=1)
     with pytest.raises(ValueError, match=match):
         RecurrentPPO(RIMPolicy, env, n_steps=8, batch_size=8, policy_kwargs=policy_kwargs)
+
+
+def test_projection_activations():
+    env = make_vec_env("CartPole-v1", n_envs=1)
+    for activation, layers in (("relu", ["Linear", "ReLU"]), ("layernorm-relu", ["Linear", "LayerNorm", "ReLU"]),
+                               ("tanh", ["Linear", "Tanh"])):
+        kwargs = dict(core_input_projection=8, core_input_activation=activation)
+        policy = RecurrentPPO(RIMPolicy, env, n_steps=8, batch_size=8, policy_kwargs=kwargs).policy
+        assert [type(m).__name__ for m in policy.lstm_actor.proj] == layers
+    env.close()
 
 
 # ------------------------------------------------------------------------------ one-call sequences

@@ -83,16 +83,32 @@ DEFAULT_CORE_KWARGS: dict[str, dict[str, Any]] = {
 _DEFAULT_SHARED = True
 
 
+#: ``core_input_activation``: what follows the ``Linear`` of :class:`ProjectedCore`.
+PROJECTION_ACTIVATIONS = ("relu", "layernorm-relu", "tanh")
+
+
+def _projection(input_size: int, projection_size: int, activation: str) -> nn.Sequential:
+    """``Linear`` then ``activation`` (one of :data:`PROJECTION_ACTIVATIONS`)."""
+    layers: list[nn.Module] = [nn.Linear(input_size, projection_size)]
+    if activation == "layernorm-relu":
+        layers.append(nn.LayerNorm(projection_size))
+    layers.append(nn.Tanh() if activation == "tanh" else nn.ReLU())
+    return nn.Sequential(*layers)
+
+
 class ProjectedCore(nn.Module):
-    """``Linear -> ReLU`` projection of the flattened tokens in front of a flat core (LSTM/GRU).
+    """``Linear -> activation`` projection of the flattened tokens in front of a core that reads one
+    vector (LSTM, GRU, RIM with ``core_input="vector"``).
 
     Exposes the wrapped core's contract with ``input_size`` = the features size, so sb3-contrib's
     reshapes (``features.reshape(n_seq, -1, lstm.input_size)``) stay correct.
     """
 
-    def __init__(self, input_size: int, projection_size: int, core: nn.Module) -> None:
+    def __init__(self, input_size: int, projection_size: int, core: nn.Module, activation: str = "relu") -> None:
         super().__init__()
-        self.proj = nn.Sequential(nn.Linear(input_size, projection_size), nn.ReLU())
+        if activation not in PROJECTION_ACTIVATIONS:
+            raise ValueError(f"core_input_activation must be one of {list(PROJECTION_ACTIVATIONS)}, got {activation!r}")
+        self.proj = _projection(input_size, projection_size, activation)
         self.core = core
         self.input_size = input_size
         self.hidden_size = core.hidden_size
@@ -131,7 +147,10 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
     :param core_input: ``"vector"`` or ``"tokens"`` (see :data:`CORE_INPUTS`); ``None`` -> the
         core's default (:data:`DEFAULT_CORE_INPUT`: ``"tokens"`` for SRM, ``"vector"`` else).
     :param core_input_projection: with ``core_input="vector"`` only: project the flattened tokens
-        to this size (``Linear + ReLU``) before the core; ``None`` feeds them directly.
+        to this size (``Linear`` + ``core_input_activation``) before the core; ``None`` feeds them
+        directly.
+    :param core_input_activation: what follows that ``Linear``: ``"relu"`` (default),
+        ``"layernorm-relu"`` (a ``LayerNorm`` first, so its units cannot all die) or ``"tanh"``.
     :param shared_core_value_grad: with a shared core, let the value loss back-propagate into
         the core and encoder (default) rather than detaching as sb3-contrib does.
 
@@ -170,6 +189,7 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
         core_kwargs: dict[str, Any] | None = None,
         core_input: str | None = None,
         core_input_projection: int | None = None,
+        core_input_activation: str = "relu",
         shared_core_value_grad: bool = True,
     ) -> None:
         core = self.default_core if core is None else core
@@ -187,6 +207,10 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
                 raise ValueError(f"core_input_projection needs core_input='vector', got core_input={core_input!r}")
             if isinstance(core_input_projection, bool) or not isinstance(core_input_projection, int) or core_input_projection < 1:
                 raise ValueError(f"core_input_projection must be a positive integer or None, got {core_input_projection!r}")
+        if core_input_activation not in PROJECTION_ACTIVATIONS:
+            raise ValueError(
+                f"core_input_activation must be one of {list(PROJECTION_ACTIVATIONS)}, got {core_input_activation!r}"
+            )
         for reserved in ("num_tokens", "token_positions"):
             if core_kwargs and reserved in core_kwargs:
                 raise ValueError(f"core_kwargs must not set {reserved!r}: it comes from the features extractor")
@@ -205,6 +229,7 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
         self.core_kwargs = dict(core_kwargs or {})
         self.core_input = core_input
         self.core_input_projection = core_input_projection
+        self.core_input_activation = core_input_activation
         self.shared_core_value_grad = shared_core_value_grad
         # The parent builds throw-away nn.LSTMs (and an optimizer over them); they are replaced
         # below. Building them costs a few milliseconds, and keeping the parent's __init__
@@ -268,7 +293,7 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
             kwargs["token_positions"] = th.zeros(num_tokens, 3) if positions is None else positions.detach().clone().cpu()
         if self.core_input_projection is not None:
             inner = make_core(self.core_name, int(self.core_input_projection), hidden_size, **kwargs)
-            return ProjectedCore(features_dim, int(self.core_input_projection), inner)
+            return ProjectedCore(features_dim, int(self.core_input_projection), inner, self.core_input_activation)
         return make_core(self.core_name, features_dim, hidden_size, **kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -283,6 +308,7 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
             core_kwargs=self.core_kwargs,
             core_input=self.core_input,
             core_input_projection=self.core_input_projection,
+            core_input_activation=self.core_input_activation,
             shared_core_value_grad=self.shared_core_value_grad,
         )
         return data
