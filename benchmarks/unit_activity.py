@@ -6,6 +6,9 @@ unit: how often it is active on an episode's first step and on later steps, its 
 attention, and how often the active set changes within an episode. This is the measurement behind
 the choice of what to do about ties at episode starts (docs/policies.md): with ``h = 0`` every RIM
 unit's query is zero, all units attend equally to the null slot, and ``topk`` picks the same units.
+For a policy with a vector projection in front of the core (``core_input_projection``) it also
+prints the share of the projection's units that fire on some input, and per input: a ReLU
+projection whose units have died feeds the core (almost) nothing.
 
     .venv/bin/python -m benchmarks.unit_activity runs/rimrl-Pickup-Train-v0/rim/seed0/model.zip
 """
@@ -33,6 +36,12 @@ def unit_activity(path: str, env_id: str, n_envs: int, steps: int, seed: int) ->
         raise SystemExit(f"{path}: core {model.policy.core_name!r} has no active units")
     env = make_env(env_id, n_envs=n_envs, seed=seed)
     core.record_attention = True
+    # The vector interface's projection (ProjectedCore): which of its units ever fire.
+    projection = getattr(model.policy.lstm_actor, "proj", None)
+    projected: list[torch.Tensor] = []
+    if projection is not None:
+        projection.register_forward_hook(lambda _module, _inputs, output: projected.append(output.detach().reshape(
+            -1, output.shape[-1])))
     obs, state, starts = env.reset(), None, np.ones(n_envs, dtype=bool)
     masks, nulls, firsts = [], [], []
     for _ in range(steps):
@@ -44,8 +53,11 @@ def unit_activity(path: str, env_id: str, n_envs: int, steps: int, seed: int) ->
     env.close()
     mask, null, first = torch.stack(masks), torch.stack(nulls), torch.stack(firsts)  # (T, B, U), (T, B)
     changes = (mask[1:] != mask[:-1]).any(dim=-1) & ~first[1:]
+    fired = torch.cat(projected) > 0 if projected else None  # (samples, projection units)
     return {
         "model": path,
+        "projection_units_alive": None if fired is None else float(fired.any(dim=0).float().mean()),
+        "projection_active_per_input": None if fired is None else float(fired.float().mean()),
         "first_step_active": mask[first].float().mean(0).tolist(),
         "later_active": mask[~first].float().mean(0).tolist(),
         "null_attention": null.mean(dim=(0, 1)).tolist(),
@@ -78,6 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         ["model", "unit", "active at t=0", "active later", "null attention", "set changes/step"],
         rows,
     )
+    for result in results:
+        if result["projection_units_alive"] is not None:
+            print(f"{result['model']}: projection units that fire on some input: "
+                  f"{100 * result['projection_units_alive']:.1f}%; per input: "
+                  f"{100 * result['projection_active_per_input']:.1f}%")
     write_json(args.json, {"env": args.env, "steps": args.steps, "n_envs": args.n_envs, "results": results})
 
 
