@@ -143,3 +143,24 @@ def test_double_backward_raises_a_clear_error() -> None:
     (grad_x,) = torch.autograd.grad(core(x)[0].pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_x.sum().backward()
+
+
+def test_backward_with_absent_tokens_matches_numerical_gradients() -> None:
+    """SRM with zero tokens absent: per-step eligibility and -inf token logits in the loop."""
+    torch.manual_seed(0)
+    core = SRM(12, 12, num_modules=3, num_tokens=3, tau=0.0, k=2, zero_tokens_absent=True, input_key_size=4,
+               comm_key_size=3, num_comm_heads=2).double().eval()
+    frozen = ("module_embedding", "position_encoder")  # moving them moves supports: not differentiable
+    names = [n for n, _ in core.named_parameters() if not n.startswith(frozen)]
+    params = [p.detach().clone().requires_grad_(True) for n, p in core.named_parameters() if n in names]
+    x = torch.randn(T, B, 3, 4, dtype=torch.double)
+    x[1, 0, 1:] = 0.0
+    x[2, 2, 0] = 0.0
+    x = x.flatten(2)  # fixed: perturbing an absent token would make it present
+    h0, c0 = (torch.randn(1, B, 12, dtype=torch.double, requires_grad=True) for _ in range(2))
+
+    def run(h0, c0, *weights):
+        out, (h, c) = functional_call(core, dict(zip(names, weights, strict=True)), (x, (h0, c0)), strict=False)
+        return out, h, c
+
+    assert torch.autograd.gradcheck(run, (h0, c0, *params), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)

@@ -443,3 +443,37 @@ def test_bad_input_shapes_raise() -> None:
         core(torch.randn(T, B, INPUT + 1))
     with pytest.raises(ValueError, match="episode_starts"):
         core(torch.randn(T, B, INPUT), None, torch.zeros(T, B + 1))
+
+
+def test_zero_tokens_are_absent_and_modules_without_a_present_token_keep_their_state() -> None:
+    """S2RMs' activity rule per step: a module is active only if a present token lies in its support."""
+    torch.manual_seed(0)
+    positions = torch.tensor([[-1.0, 0.0], [-0.8, 0.1], [1.0, 0.0], [0.8, -0.1]])
+    core = SRM(4 * 8, 24, num_modules=2, num_tokens=4, token_positions=positions, tau=0.5,
+               zero_tokens_absent=True).eval()
+    support = core.topology()["support"]  # (M, N)
+    x = torch.randn(5, 3, 4, 8)
+    x[1, 0] = 0.0  # row 0, step 1: nothing observed
+    x[2, 1, :2] = 0.0  # row 1, step 2: tokens 0, 1 absent
+    core.record_attention = True
+    out, _ = core(x.flatten(2))
+    present = x.ne(0).any(-1)  # (T, B, N)
+    expected = (present.float() @ support.float().t()) > 0  # (T, B, M)
+    assert torch.equal(core.last_active_mask, expected) and not expected.all()
+    attention = core.last_input_attention  # (T, B, M, N + 1)
+    assert torch.equal(attention[..., 1:][~present.unsqueeze(2).expand_as(attention[..., 1:])],
+                       torch.zeros(int((~present).sum()) * 2))
+    # An inactive module's output equals its previous state bit for bit.
+    units = out.view(5, 3, 2, 12)
+    for t, b, m in (~expected).nonzero().tolist():
+        previous = torch.zeros(12) if t == 0 else units[t - 1, b, m]
+        assert torch.equal(units[t, b, m], previous)
+    # Gradients stay finite through the -inf logits, and the sequence equals its steps.
+    x.requires_grad_(True)
+    core(x.flatten(2))[0].sum().backward()
+    assert torch.isfinite(x.grad).all()
+    state, steps = None, []
+    for t in range(5):
+        step, state = core(x[t : t + 1].flatten(2).detach(), state)
+        steps.append(step)
+    torch.testing.assert_close(torch.cat(steps), out, rtol=0, atol=1e-6)

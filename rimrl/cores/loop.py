@@ -51,13 +51,18 @@ class LoopSettings:
     query_size: int
     comm_split: list[int]
     k: int | None
-    eligible: torch.Tensor | None  # (U, 1, 1) bool, or None: every unit may be active
+    # Which units may be active: (U, 1, 1) bool for every step, (T, U, B, 1) bool per step and row,
+    # or None: every unit may be active.
+    eligible: torch.Tensor | None
     active_mask: torch.Tensor | None  # (T, B, U) given by the caller, or None: select
     all_active: bool  # no selection at all: skip every torch.where
     reset_steps: list[bool]
     input_dropout: float
     comm_dropout: float
     record_attention: bool
+    # Per step and row, added to the input-attention logits: (T, B * heads, 1, N + 1), -inf for
+    # absent tokens (None: every token present).
+    token_bias: torch.Tensor | None = None
     # Per-position competition: each real token is read only by the `position_k` units that score
     # it highest (None: every unit may read every token).
     position_k: int | None = None
@@ -149,7 +154,10 @@ class _ModularLoop(torch.autograd.Function):
             comm_keeps = within_head_dropout_mask(seq_len * batch_size, s.comm_dropout, units, comm_heads, h)
             comm_keeps = comm_keeps.view(seq_len, batch_size, comm_rows, comm_rows).unbind(0)
         no_unit = torch.zeros(batch_size, units, dtype=torch.bool, device=h.device)  # scattered into per step
-        eligible_rows = None if eligible is None else eligible.expand(units, batch_size, 1)
+        per_step_eligible = eligible is not None and eligible.dim() == 4
+        step_eligible = eligible.unbind(0) if per_step_eligible else None
+        eligible_rows = None if eligible is None or per_step_eligible else eligible.expand(units, batch_size, 1)
+        token_bias = None if s.token_bias is None else s.token_bias.unbind(0)
         saved: list[tuple] = []
         outputs = []
         for t in range(seq_len):
@@ -160,10 +168,13 @@ class _ModularLoop(torch.autograd.Function):
             # 1. Input attention over [null, tokens]: (B * heads, U, N + 1).
             query, hidden_gates = torch.baddbmm(read_h_bias, h, read_h_weight).split(split_h, dim=-1)
             query = _to_head_rows(query, batch_size, heads)
-            if input_logits is None:
+            logit_bias = input_logits
+            if token_bias is not None:
+                logit_bias = token_bias[t] if input_logits is None else token_bias[t] + input_logits
+            if logit_bias is None:
                 scores = torch.bmm(query, step_keys[t])
             else:
-                scores = torch.baddbmm(input_logits, query, step_keys[t])
+                scores = torch.baddbmm(logit_bias, query, step_keys[t])
             if s.position_k is not None:
                 scores = _position_competition(scores, s.position_k)
             attention = scores.softmax(dim=-1)
@@ -181,9 +192,9 @@ class _ModularLoop(torch.autograd.Function):
                 chosen = null_attention.topk(k, dim=1, largest=False).indices
                 unit_mask = no_unit.scatter(1, chosen, True).t().unsqueeze(-1)  # (U, B, 1)
                 if eligible is not None:
-                    unit_mask = unit_mask & eligible
+                    unit_mask = unit_mask & (step_eligible[t] if per_step_eligible else eligible)
             else:
-                unit_mask = eligible_rows
+                unit_mask = step_eligible[t] if per_step_eligible else eligible_rows
             if unit_mask is not None:
                 s.masks.append(unit_mask)
 

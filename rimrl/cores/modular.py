@@ -151,6 +151,12 @@ class ModularCore(RecurrentCore):
         """
         return None, None, None
 
+    def token_presence(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``(T, B, N)`` bool: which tokens of ``x`` are present at each step and row; ``None``: all,
+        always. Absent tokens get no attention, and units with no present token they may read are
+        inactive. The base class treats every token as present (RIM)."""
+        return None
+
     def input_keys_values(self, x: torch.Tensor, key_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Shared keys and values of the input set with the null token placed first, as the paper
         writes them, in the layouts a step's attention multiplies with.
@@ -255,6 +261,20 @@ class ModularCore(RecurrentCore):
         # Keys and values in (T, B * heads, ...) layouts: a step's scores and reads are then one
         # bmm each.
         keys_t, values, query_weight, input_weight = self.attention_operands(x)
+        presence = self.token_presence(x)
+        token_bias = None
+        if presence is not None:
+            # Absent tokens: -inf logits (zero attention and gradient); the null slot stays.
+            token_bias = F.pad(torch.zeros_like(presence, dtype=x.dtype).masked_fill(~presence, float("-inf")), (1, 0))
+            token_bias = token_bias.repeat_interleave(heads, dim=1).unsqueeze(2)  # (T, B * heads, 1, N + 1)
+            # A unit may be active at a step only if a present token lies where it may read (its
+            # kernel support for SRM: a finite input logit).
+            readable = torch.ones(units, self.num_tokens, dtype=x.dtype, device=x.device)
+            if input_logits is not None:
+                readable = torch.isfinite(input_logits[:, 1:]).to(x.dtype)
+            eligible = (torch.matmul(presence.to(x.dtype), readable.t()) > 0).permute(0, 2, 1).unsqueeze(-1)
+        elif eligible is not None:
+            eligible = eligible.view(units, 1, 1)
         # Which units may be active at all; with no top-k and all eligible nothing is masked.
         all_active = active_mask is None and self.k is None and (eligible is None or bool(eligible.all()))
         # One host sync up front instead of a multiply per step: which steps reset any row.
@@ -292,7 +312,8 @@ class ModularCore(RecurrentCore):
             comm_split=comm_split,
             k=self.k,
             position_k=self.position_k,
-            eligible=None if eligible is None else eligible.view(units, 1, 1),
+            eligible=eligible,
+            token_bias=token_bias,
             active_mask=active_mask,
             all_active=all_active,
             reset_steps=reset_steps,

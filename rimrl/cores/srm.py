@@ -16,7 +16,8 @@ learned positional encoder; a truncated kernel on the sphere decides who reads w
    and the null slot's key and value zero and its kernel weight ``K_∅ = 1`` (the kernel's maximum,
    so a module whose tokens all lie at the edge of its support still reads mostly the null).
    Computed in log space: ``logits = q·k/√d_k + log K`` with ``log K = -inf`` where truncated.
-2. Activity. Module m is active iff its support ``{i : p_m·s_i >= τ}`` is non-empty; an
+2. Activity. Module m is active iff its support ``{i : p_m·s_i >= τ}`` holds a token (with
+   ``zero_tokens_absent``: a *present* token, one that is not all zeros, at this step); an
    optional ``k`` keeps only the k active modules with the most attention on real tokens
    ``1 - A_m∅`` (hard, no gradient). The support depends only on the embeddings and the fixed
    positions, so without ``k`` the active set is the same for every row and step of a call.
@@ -133,6 +134,13 @@ class SRM(ModularCore):
         position_hidden_size: width of the positional encoder MLP ``P -> hidden -> d``.
         position_lr_scale: in ``(0, 1]``; the positional encoder learns this many times slower
             than the rest under Adam-type optimisers (see :class:`PositionEncoder`).
+        learn_initial_state: reset rows (and ``state=None``) to a learned per-module ``(h, c)``
+            instead of zeros (see :class:`rimrl.cores.RIM`).
+        zero_tokens_absent: S2RMs' activity rule on inputs that are not all there: a token whose
+            features are all exactly zero is *absent* at that step and row (an encoder marks an
+            empty position so). Absent tokens get no attention, and a module with no present
+            token in its support is inactive there and keeps its state exactly. Off: every token
+            is present, so every module with a non-empty support is active at every step.
 
     After each call, ``last_active_mask`` holds the ``(T, B, M)`` bool mask of active modules
     (detached). With ``record_attention = True`` the call also stores ``last_input_attention``
@@ -178,6 +186,7 @@ class SRM(ModularCore):
         position_hidden_size: int = 64,
         position_lr_scale: float = 0.05,
         learn_initial_state: bool = False,
+        zero_tokens_absent: bool = False,
     ) -> None:
         if not isinstance(embedding_dim, int) or isinstance(embedding_dim, bool) or embedding_dim < 2:
             raise ValueError(f"embedding_dim must be an integer >= 2, got {embedding_dim!r}")
@@ -212,6 +221,9 @@ class SRM(ModularCore):
             unit_name="num_modules",
         )
         self.embedding_dim, self.tau = embedding_dim, float(tau)
+        if not isinstance(zero_tokens_absent, bool):
+            raise ValueError(f"zero_tokens_absent must be a bool, got {zero_tokens_absent!r}")
+        self.zero_tokens_absent = zero_tokens_absent
 
         # 0. Geometry: fixed positions (buffer), learned encoder onto the sphere, module embeddings.
         self.register_buffer("token_positions", positions)
@@ -384,6 +396,13 @@ class SRM(ModularCore):
             "sigma": self.sigma.detach().clone(),
             "tau": torch.tensor(self.tau),
         }
+
+    def token_presence(self, x: torch.Tensor) -> torch.Tensor | None:
+        """With ``zero_tokens_absent``: a token whose features are all exactly zero is absent
+        (nothing observed at its position), ``(T, B, N)`` bool; else ``None`` (all present)."""
+        if not self.zero_tokens_absent:
+            return None
+        return self._tokens(x).ne(0).any(dim=-1)
 
     def attention_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The kernel terms of steps 1, 2 and 4 (no state involved: once per call).

@@ -46,6 +46,8 @@ _MINIGRID_NUM_OBJECTS = 11
 _MINIGRID_NUM_COLORS = 6
 _MINIGRID_NUM_STATES = 3
 _MINIGRID_NUM_DIRECTIONS = 4
+# minigrid.core.constants.OBJECT_TO_IDX, for naming the cells an encoder may mark absent.
+_MINIGRID_OBJECTS = ("unseen", "empty", "wall", "floor", "door", "key", "ball", "box", "goal", "lava", "agent")
 # Largest egocentric view we treat as a MiniGrid grid (agent_view_size is odd, default 7).
 _MAX_MINIGRID_VIEW = 31
 
@@ -164,6 +166,10 @@ class MiniGridTokenEncoder(TokenEncoder):
     :param token_dim: D, the embedding size of each token.
     :param normalized_images: for the 0..255 box only: whether SB3 divided the input by 255
         (the policy sets it from its ``normalize_images``).
+    :param absent_objects: MiniGrid object names (e.g. ``["unseen", "empty"]``) whose cells are
+        *absent*: their tokens are exactly zero (no content, no positional term), which SRM with
+        ``zero_tokens_absent`` reads as "nothing observed there" (S2RMs' sparse inputs). The
+        direction and target tokens are always present. Default: none (every cell is a token).
     :param position_std: initial standard deviation of the learned per-cell positional term
         ``P`` (the content sum has unit variance). 0.1 keeps tokens mostly content; a larger value
         (e.g. 1.0) makes cells of equal content distinguishable by the attention from the start.
@@ -175,7 +181,12 @@ class MiniGridTokenEncoder(TokenEncoder):
         token_dim: int = 32,
         normalized_images: bool = True,
         position_std: float = 0.1,
+        absent_objects: tuple[str, ...] | list[str] = (),
     ):
+        unknown = [name for name in absent_objects if name not in _MINIGRID_OBJECTS]
+        if isinstance(absent_objects, str) or unknown:
+            raise ValueError(f"absent_objects must be a list of MiniGrid object names from {list(_MINIGRID_OBJECTS)}, "
+                             f"got {absent_objects!r}")
         if not (isinstance(position_std, (int, float)) and not isinstance(position_std, bool) and position_std >= 0):
             raise ValueError(f"position_std must be a number >= 0, got {position_std!r}")
         self._dict_obs = isinstance(observation_space, spaces.Dict)
@@ -230,6 +241,10 @@ class MiniGridTokenEncoder(TokenEncoder):
         table[pad] = 0.0
         self.table = nn.Parameter(table)
         self.token_pos = nn.Parameter(th.randn(self.num_tokens, token_dim) * float(position_std))
+        self.absent_objects = tuple(absent_objects)
+        absent = th.zeros(_MINIGRID_NUM_OBJECTS + 1, dtype=th.bool)  # by object index (+1: clamped overflow)
+        absent[[_MINIGRID_OBJECTS.index(name) for name in self.absent_objects]] = True
+        self.register_buffer("_absent_object", absent, persistent=False)
 
     @staticmethod
     def _table_sizes(grid_space: spaces.Box) -> tuple[int, int, int]:
@@ -265,7 +280,13 @@ class MiniGridTokenEncoder(TokenEncoder):
         index = th.minimum(raw.round().long().clamp_(min=0), self._maxima) + self._offsets  # (B, N, 3)
         # Sum of 3 embedding rows per token == multi-hot (B, N, rows) @ table (rows, D).
         hot = raw.new_zeros(*index.shape[:2], self.table.shape[0]).scatter_(2, index, 1.0)
-        return hot @ self.table + self.token_pos
+        tokens = hot @ self.table + self.token_pos
+        if self.absent_objects:
+            cells = self.view * self.view  # the extras after the cells are always present
+            objects = raw[:, :cells, 0].round().long().clamp(0, _MINIGRID_NUM_OBJECTS)
+            present = ~self._absent_object[objects]  # (B, cells)
+            tokens = th.cat([tokens[:, :cells] * present.unsqueeze(-1).to(tokens.dtype), tokens[:, cells:]], dim=1)
+        return tokens
 
 
 # ----------------------------------------------------------------------------------------------
