@@ -3,7 +3,8 @@
 For each run directory (``<root>/<env>/<core>/seed<k>``, as train.py writes them), prints the mean
 success of the training episodes that ended in each ``--bin``-step window (from the monitor CSVs,
 all envs together), the success over the run's last fifth of episodes, and the first step at which
-a window reached ``--threshold``. The runs themselves come from train.py; the command that made
+a window reached ``--threshold``, and for RIM / SRM the share of units active per step (the
+``core/active_fraction`` TensorBoard scalar, mean over the second half of training). The runs themselves come from train.py; the command that made
 them is in each run's ``config.yml`` (``command``) and is printed under the table.
 
     .venv/bin/python train.py --core rim --seed 0 1 -n 200000 -f runs/learning
@@ -30,6 +31,21 @@ def last_fifth_success(run_dir: Path) -> float:
     return float(episodes[int(0.8 * len(episodes)):].mean()) if len(episodes) else float("nan")
 
 
+def active_fraction(run_dir: Path) -> float | None:
+    """Mean of the run's ``core/active_fraction`` TensorBoard scalar (share of RIM/SRM units active
+    per step, logged per rollout by :class:`rimrl.agents.activity.CoreActivityCallback`) over the
+    second half of its rollouts; ``None`` for cores without units or runs without events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values: list[float] = []
+    for events_dir in sorted((run_dir / "tb").glob("*")):
+        accumulator = EventAccumulator(str(events_dir), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if "core/active_fraction" in accumulator.Tags()["scalars"]:
+            values += [event.value for event in accumulator.Scalars("core/active_fraction")]
+    return float(np.mean(values[len(values) // 2:])) if values else None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="train.py run directories")
@@ -45,15 +61,17 @@ def main(argv: list[str] | None = None) -> None:
         curve = learning_curve(run, edges)
         reached = [int(edges[k + 1]) for k, value in enumerate(curve) if value >= args.threshold]
         last = last_fifth_success(run)
+        active = active_fraction(run)
         label = f"{config.get('core')} seed{config.get('seed')}"
         rows.append([str(run), label, " ".join("-" if np.isnan(v) else f"{v:.2f}" for v in curve),
-                     last, f"{reached[0]:,}" if reached else "never"])
+                     last, f"{reached[0]:,}" if reached else "never", "-" if active is None else f"{active:.3f}"])
         results.append({"run": str(run), "core": config.get("core"), "seed": config.get("seed"),
                         "edges": edges.tolist(), "success": curve.tolist(), "last_fifth": last,
-                        "first_reached": reached[0] if reached else None})
+                        "first_reached": reached[0] if reached else None, "active_fraction": active})
         commands.add(str(config.get("command", "")))
     print_table(f"training-episode success per {args.bin:,} env steps",
-                ["run", "agent", "success per window", "last fifth", f">= {args.threshold:g} at"], rows)
+                ["run", "agent", "success per window", "last fifth", f">= {args.threshold:g} at", "active units"],
+                rows)
     for command in sorted(commands):
         print(f"made by: {command}")
     write_json(args.json, {"bin": args.bin, "threshold": args.threshold, "runs": results})
