@@ -228,3 +228,18 @@ def test_read_yaml_mapping_errors_name_the_file(tmp_path) -> None:
         read_yaml_mapping(broken, "run config", InputError)
     with pytest.raises(InputError, match="must hold a mapping, got list"):
         read_yaml_mapping(listing, "run config", InputError)
+
+
+def test_linear_decay_is_sb3s_clamped_linear_schedule() -> None:
+    import pickle
+
+    from stable_baselines3.common.utils import LinearSchedule
+
+    schedule = LinearDecay(2.5e-4)
+    assert isinstance(schedule, LinearSchedule)
+    assert schedule(1.0) == 2.5e-4 and schedule(0.5) == pytest.approx(1.25e-4) and schedule(0.0) == 0.0
+    assert schedule(-0.05) == 0.0  # SB3 finishes the last rollout past total_timesteps: never negative
+    assert pickle.loads(pickle.dumps(schedule)) == schedule
+    old = LinearDecay.__new__(LinearDecay)  # a model saved when LinearDecay held only `initial`
+    old.__setstate__({"initial": 0.1})
+    assert old(0.5) == pytest.approx(0.05) and old(-1.0) == 0.0

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.utils import LinearSchedule
 from torch import nn
 
 from rimrl.policies.modular import CORE_NAMES, ModularRecurrentPolicy
@@ -62,17 +63,24 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-class LinearDecay:
-    """Schedule ``progress_remaining -> progress_remaining * initial`` (from ``initial`` to 0).
+class LinearDecay(LinearSchedule):
+    """SB3's :class:`~stable_baselines3.common.utils.LinearSchedule` from ``initial`` to 0 over the
+    whole run: ``progress_remaining -> progress_remaining * initial``, clamped at 0 once training
+    runs past its end (SB3 finishes the last rollout after ``total_timesteps``; an unclamped
+    schedule would give a negative learning rate and clip range there).
 
-    A plain class rather than a closure so saved models unpickle it by reference.
+    A named class (not a closure) so saved models unpickle it by reference.
     """
 
     def __init__(self, initial: float) -> None:
+        super().__init__(start=float(initial), end=0.0, end_fraction=1.0)
         self.initial = float(initial)
 
-    def __call__(self, progress_remaining: float) -> float:
-        return progress_remaining * self.initial
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Models saved before LinearDecay was a LinearSchedule carry only ``initial``.
+        self.__dict__.update(state)
+        if "start" not in state:
+            LinearSchedule.__init__(self, start=self.initial, end=0.0, end_fraction=1.0)
 
     def __repr__(self) -> str:
         return f"LinearDecay({self.initial})"
