@@ -5,7 +5,7 @@ STAMP := $(VENV)/.rimrl-installed
 
 .PHONY: setup test test-slow lint demo study clean
 
-DEMO_STEPS ?= 150000
+DEMO_STEPS ?= 200000
 DEMO_RUN := runs/rimrl-Pickup-Train-v0/rim/seed0
 
 $(STAMP): pyproject.toml
