@@ -137,16 +137,7 @@ def aggregate_scores(
     def both(matrix: np.ndarray) -> np.ndarray:
         return np.array([metrics.aggregate_iqm(matrix), metrics.aggregate_mean(matrix)])
 
-    with warnings.catch_warnings():
-        # arch (under rliable) deprecates the RandomState that rliable passes; the results are the same.
-        warnings.simplefilter("ignore", FutureWarning)
-        points, intervals = library.get_interval_estimates(
-            matrices,
-            both,
-            reps=reps,
-            confidence_interval_size=confidence,
-            random_state=np.random.RandomState(seed),
-        )
+    points, intervals = _interval_estimates(library, matrices, both, reps, confidence, seed)
     return {
         name: AggregateEstimate(
             n_runs=int(matrix.shape[0]),
@@ -209,15 +200,7 @@ def probability_of_improvement(
     def poi(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.array([metrics.probability_of_improvement(x, y)])
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # as in aggregate_scores
-        points, intervals = library.get_interval_estimates(
-            matrices,
-            poi,
-            reps=reps,
-            confidence_interval_size=confidence,
-            random_state=np.random.RandomState(seed),
-        )
+    points, intervals = _interval_estimates(library, matrices, poi, reps, confidence, seed)
     return {
         name: ImprovementEstimate(
             probability=float(points[name][0]),
@@ -229,6 +212,29 @@ def probability_of_improvement(
         )
         for name, (mx, my) in matrices.items()
     }
+
+
+def _interval_estimates(
+    library: Any, matrices: Mapping[str, Any], statistic: Any, reps: int, confidence: float, seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``rliable.library.get_interval_estimates`` with a seeded bootstrap: point estimates and CIs.
+
+    rliable's two-sample bootstrap (``StratifiedIndependentBootstrap``, used for pairs) draws its
+    indices from numpy's global RNG and ignores ``random_state``: the global RNG is seeded here too,
+    and restored afterwards, so the same scores always give the same intervals.
+    """
+    global_state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            # arch (under rliable) deprecates the RandomState that rliable passes; the results are the same.
+            warnings.simplefilter("ignore", FutureWarning)
+            return library.get_interval_estimates(
+                matrices, statistic, reps=reps, confidence_interval_size=confidence,
+                random_state=np.random.RandomState(seed),
+            )
+    finally:
+        np.random.set_state(global_state)
 
 
 def _as_matrix(name: str, value: np.ndarray) -> np.ndarray:
