@@ -1,7 +1,13 @@
 #!/usr/bin/env python
 """Evaluate trained rimrl agents: ``python evaluate.py RUN_DIR... [--out DIR] [--plot]`` (see docs/evaluate.md)."""
 
-from rimrl.cli.evaluate import main
+import sys
+
+try:
+    from rimrl.cli.evaluate import main
+except KeyboardInterrupt:  # Ctrl-C while torch & co. import: no traceback wall
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -6,7 +6,11 @@ A thin entry point; the command line lives in :mod:`rimrl.cli.train`.
 
 import sys
 
-from rimrl.cli.train import main
+try:
+    from rimrl.cli.train import main
+except KeyboardInterrupt:  # Ctrl-C while torch & co. import: no traceback wall
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,11 +16,16 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def load(path: str, env: Any = None, device: str = "auto") -> RecurrentPPO:
-    """Load a saved agent (``model.zip`` or a run directory); see ``rimrl.agents.load_agent``."""
+def load(path: str, env: Any = None, device: str = "auto", safe: bool | None = None) -> RecurrentPPO:
+    """Load a saved agent (``model.zip`` or a run directory); see ``rimrl.agents.load_agent``.
+
+    ``safe=None`` (default): from the pickle-free ``X.weights.pt`` + ``X.spec.json`` when they
+    exist; otherwise a zip in a run directory is unpickled with a warning and a bare zip is
+    refused. ``safe=True`` never unpickles; ``safe=False`` unpickles (only for files you trust).
+    """
     from rimrl.agents import load_agent
 
-    return load_agent(path, env=env, device=device)
+    return load_agent(path, env=env, device=device, safe=safe)
 
 
 __all__ = ["__version__", "envs", "load"]

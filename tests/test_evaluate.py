@@ -179,7 +179,8 @@ def test_fresh_process_loads_and_evaluates_a_run(runs: dict[str, Path], tmp_path
 def test_bare_zip_takes_env_and_core_from_the_policy(runs: dict[str, Path], tmp_path: Path) -> None:
     bare = tmp_path / "agent.zip"
     bare.write_bytes((runs["srm-seed0"] / "model.zip").read_bytes())
-    report = evaluate(EvaluationOptions(paths=[bare], env=TRAIN_ENV, variants=["train"], episodes=1, n_envs=1, env_kwargs={"max_steps": 4}))
+    # A bare zip without weights-only files is unpickled only when trusted explicitly (safe=False).
+    report = evaluate(EvaluationOptions(paths=[bare], env=TRAIN_ENV, variants=["train"], episodes=1, n_envs=1, env_kwargs={"max_steps": 4}, safe=False))
     assert [(r.model, r.core, r.seed, r.variant) for r in report.rows] == [("agent", "srm", None, "train")]
 
 
@@ -200,7 +201,7 @@ def test_missing_path_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_corrupt_zip_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     broken = tmp_path / "model.zip"
     broken.write_bytes(b"PK\x03\x04 definitely not a model")
-    assert "not a saved agent" in _error_of([str(broken), "--env", TRAIN_ENV], capsys)
+    assert "not a saved agent" in _error_of([str(broken), "--env", TRAIN_ENV, "--trust"], capsys)
 
 
 def test_other_observation_space_exits_2(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,7 +225,7 @@ def test_other_action_space_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     # Same observation space as the suite, three actions instead of seven.
     env = DummyVecEnv([lambda: _ThreeActions(make_minigrid_env(TRAIN_ENV))])
     make_agent(env, "lstm", seed=0, **TINY, **CORE_KWARGS["lstm"]).save(tmp_path / "three_actions.zip")
-    message = _error_of([str(tmp_path / "three_actions.zip"), "--env", TRAIN_ENV, "--episodes", "1"], capsys)
+    message = _error_of([str(tmp_path / "three_actions.zip"), "--env", TRAIN_ENV, "--episodes", "1", "--trust"], capsys)
     assert "action space mismatch" in message and "Discrete(3)" in message
 
 

@@ -20,12 +20,15 @@ from rimrl.agents.presets import (
     resolve_family,
     resolve_hyperparams,
 )
+from rimrl.agents.safe import SpecError, UnsafeLoadWarning, load_safe, save_weights
 
 __all__ = [
     "CONFIG_DIR_ENV",
     "FAMILIES",
     "AgentLoadError",
     "LinearDecay",
+    "SpecError",
+    "UnsafeLoadWarning",
     "allowed_core_kwargs",
     "allowed_hyperparams",
     "allowed_policy_kwargs",
@@ -33,9 +36,11 @@ __all__ = [
     "infer_family",
     "load_agent",
     "load_preset",
+    "load_safe",
     "make_agent",
     "parse_schedule",
     "preset_n_envs",
     "resolve_family",
     "resolve_hyperparams",
+    "save_weights",
 ]

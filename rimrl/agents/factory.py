@@ -42,6 +42,7 @@ def make_agent(
     tensorboard_log: str | None = None,
     verbose: int = 0,
     device: str = "auto",
+    allow_imports: bool = False,
     **overrides: Any,
 ) -> RecurrentPPO:
     """A ``RecurrentPPO`` with the ``core``'s policy and the family preset's hyperparameters.
@@ -53,13 +54,15 @@ def make_agent(
     :param preset: see :func:`rimrl.agents.resolve_hyperparams` (``None``: the family's YAML).
     :param overrides: RecurrentPPO arguments or dotted ``policy_kwargs`` paths, e.g.
         ``make_agent(env, "rim", **{"policy_kwargs.core_kwargs.k": 3, "learning_rate": 1e-4})``.
-    :raises ValueError: unknown keys, or invalid core hyperparameters (e.g. ``k > num_units``),
-        raised while the policy is built.
+    :param allow_imports: let ``policy_kwargs.*_class`` import modules outside
+        :data:`rimrl.agents.presets.ALLOWED_IMPORTS` (see :func:`rimrl.agents.presets.import_object`).
+    :raises ValueError: unknown keys, a disallowed import, or invalid core hyperparameters (e.g.
+        ``k > num_units``), raised while the policy is built.
     """
     if core not in POLICIES:
         raise ValueError(f"core must be one of {sorted(POLICIES)}, got {core!r}")
     family_or_id = env if isinstance(env, str) else infer_family(env.observation_space)
-    params = resolve_hyperparams(family_or_id, core, preset=preset, overrides=overrides)
+    params = resolve_hyperparams(family_or_id, core, preset=preset, overrides=overrides, allow_imports=allow_imports)
     n_envs = params.pop("n_envs", 8)
     if isinstance(env, str):
         from rimrl.envs import make_env
@@ -98,16 +101,42 @@ def _one_line(space: spaces.Space) -> str:
     return " ".join(str(space).split())
 
 
-def load_agent(path: str | Path, env: str | gym.Env | VecEnv | None = None, device: str = "auto") -> RecurrentPPO:
+def load_agent(
+    path: str | Path,
+    env: str | gym.Env | VecEnv | None = None,
+    device: str = "auto",
+    safe: bool | None = False,
+) -> RecurrentPPO:
     """Load a ``RecurrentPPO`` saved with ``model.save(path)``, optionally attached to ``env``.
 
+    A ``.zip`` holds cloudpickled objects: unpickling one runs whatever code it carries. With
+    ``safe=True`` the agent is rebuilt from the weights-only files written beside it instead
+    (``X.weights.pt`` + ``X.spec.json``, see :mod:`rimrl.agents.safe`) and the zip is never read.
+
     :param path: the ``.zip`` (the suffix may be omitted, as with SB3), or a run directory
-        holding ``model.zip``.
+        holding ``model.zip``; with ``safe=True`` also ``X.weights.pt`` / ``X.spec.json``.
     :param env: an env (or env id for ``rimrl.envs.make_env``) whose observation and action
         spaces must equal the saved ones (after SB3's usual image transpose).
-    :raises AgentLoadError: missing path, not a zip / corrupt zip, not a RecurrentPPO model, or a
-        space mismatch.
+    :param safe: ``False``: unpickle the zip (only for files you trust, e.g. your own runs);
+        ``True``: weights-only, refusing anything pickled; ``None``: weights-only whenever the
+        weights file exists, else unpickle only inside a run directory (``config.yml`` beside the
+        zip, with an :class:`~rimrl.agents.safe.UnsafeLoadWarning`) and refuse a bare zip.
+    :raises AgentLoadError: missing path, not a zip / corrupt zip, not a RecurrentPPO model, a
+        space mismatch; with ``safe``: missing or refused weights-only files.
     """
+    if safe is not False:
+        from rimrl.agents import safe as weights_only
+
+        if safe or weights_only.has_weights(path):
+            return weights_only.load_safe(path, env=env, device=device)
+        file = _find_zip(path)
+        if not weights_only.in_run_directory(file):
+            raise AgentLoadError(
+                f"refusing to unpickle {str(file)!r}: it is not in a run directory and has no weights-only "
+                f"file {weights_only.weights_paths(file)[0].name!r}; load it with pickle only if you trust it "
+                "(evaluate.py --trust, safe=False)"
+            )
+        weights_only.warn_unsafe(file)
     file = _find_zip(path)
     if not zipfile.is_zipfile(file):
         raise AgentLoadError(f"{str(file)!r} is not a saved agent: not a zip file")

@@ -25,6 +25,7 @@ from torch import nn
 from rimrl.policies.modular import CORE_NAMES, ModularRecurrentPolicy
 
 __all__ = [
+    "ALLOWED_IMPORTS",
     "CONFIG_DIR_ENV",
     "FAMILIES",
     "LinearDecay",
@@ -32,6 +33,7 @@ __all__ = [
     "allowed_hyperparams",
     "allowed_policy_kwargs",
     "config_dir",
+    "import_object",
     "load_preset",
     "parse_schedule",
     "preset_n_envs",
@@ -53,6 +55,8 @@ _RESERVED_POLICY_KEYS = {"self", "observation_space", "action_space", "lr_schedu
 # Core arguments that the policy supplies from the encoder.
 _RESERVED_CORE_KEYS = {"self", "input_size", "hidden_size", "num_tokens", "token_positions"}
 _SCHEDULE_KEYS = {"learning_rate", "clip_range", "clip_range_vf"}
+#: Packages whose classes a ``*_class: 'pkg.mod:Name'`` setting may name without ``allow_imports``.
+ALLOWED_IMPORTS = ("torch.nn", "torch.optim", "stable_baselines3", "sb3_contrib", "rimrl")
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
@@ -160,7 +164,9 @@ def read_yaml_mapping(path: str | Path, what: str = "YAML file", error: type[Exc
     if not path.is_file():
         raise error(f"{what} {str(path)!r} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as problem:
+        raise error(f"cannot read {what} {str(path)!r}: not UTF-8 text (byte {problem.start})") from None
     except (OSError, yaml.YAMLError) as problem:
         raise error(f"cannot read {what} {str(path)!r}: {' '.join(str(problem).split())}") from None
     if data is None:
@@ -215,18 +221,39 @@ def _check_keys(found: Mapping[str, Any], allowed: list[str], where: str) -> Non
             raise ValueError(f"unknown key {key!r} in {where}; allowed keys: {', '.join(allowed) or '(none)'}")
 
 
-def _import_object(path: str) -> Any:
+def import_allowed(module: str) -> bool:
+    """Whether ``module`` lies in one of :data:`ALLOWED_IMPORTS` (the package itself or below it)."""
+    return any(module == root or module.startswith(root + ".") for root in ALLOWED_IMPORTS)
+
+
+def import_object(path: str, allow_imports: bool = False, what: str = "class") -> Any:
+    """Import ``'package.module:Name'`` (or ``'package.module.Name'``).
+
+    Importing a module runs its code, and presets, ``config.yml`` files and saved specs travel
+    between people: unless ``allow_imports``, only modules under :data:`ALLOWED_IMPORTS` are
+    imported, checked *before* anything is imported.
+
+    :param what: names the setting in error messages, e.g. ``"policy_kwargs.optimizer_class"``.
+    :raises ValueError: a module outside the allow-list (one line naming it and ``--allow-imports``),
+        or a path that does not import.
+    """
     module, _, name = path.partition(":")
     if not name:
         module, _, name = path.rpartition(".")
+    if not allow_imports and not import_allowed(module):
+        raise ValueError(
+            f"refusing to import {module!r} for {what} {path!r}: only {', '.join(ALLOWED_IMPORTS)} may be "
+            "imported (pass --allow-imports to train.py, or allow_imports=True, to import other modules)"
+        )
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
-        raise ValueError(f"cannot import {path!r} (write 'package.module:Name')") from None
+        raise ValueError(f"cannot import {path!r} for {what} (write 'package.module:Name')") from None
 
 
-def _convert_policy_kwargs(policy_kwargs: dict[str, Any]) -> None:
-    """YAML-friendly spellings -> objects: ``activation_fn: relu``, ``*_class: 'pkg.mod:Name'``."""
+def _convert_policy_kwargs(policy_kwargs: dict[str, Any], allow_imports: bool = False) -> None:
+    """YAML-friendly spellings -> objects: ``activation_fn: relu``, ``*_class: 'pkg.mod:Name'``
+    (imported through :func:`import_object`'s allow-list unless ``allow_imports``)."""
     activation = policy_kwargs.get("activation_fn")
     if isinstance(activation, str):
         key = activation.lower().removeprefix("nn.")
@@ -236,7 +263,7 @@ def _convert_policy_kwargs(policy_kwargs: dict[str, Any]) -> None:
         policy_kwargs["activation_fn"] = _ACTIVATIONS[key]
     for key in ("features_extractor_class", "optimizer_class"):
         if isinstance(policy_kwargs.get(key), str):
-            policy_kwargs[key] = _import_object(policy_kwargs[key])
+            policy_kwargs[key] = import_object(policy_kwargs[key], allow_imports, what=f"policy_kwargs.{key}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,6 +308,7 @@ def resolve_hyperparams(
     core: str,
     preset: str | Path | Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    allow_imports: bool = False,
 ) -> dict[str, Any]:
     """Merged, validated RecurrentPPO keyword arguments for ``core`` on an env family.
 
@@ -291,6 +319,8 @@ def resolve_hyperparams(
     :param overrides: merged last. Keys are top-level RecurrentPPO arguments (``"learning_rate"``)
         or dotted paths into ``policy_kwargs`` (``"policy_kwargs.core_kwargs.k"``); nested
         mappings deep-merge.
+    :param allow_imports: let ``policy_kwargs.*_class`` name modules outside
+        :data:`ALLOWED_IMPORTS` (importing runs the module's code: only for presets you trust).
     :return: keyword arguments for ``RecurrentPPO`` plus ``n_envs`` (pop it before passing them on;
         :func:`rimrl.agents.make_agent` does). Schedules are callables.
     :raises ValueError: an unknown key (naming it and listing the allowed ones) or a bad value.
@@ -311,6 +341,8 @@ def resolve_hyperparams(
     params = _deep_merge(params, _expand_dotted(overrides or {}))
 
     _check_keys(params, allowed_hyperparams(), "hyperparameters")
+    if not isinstance(params.get("policy_kwargs") or {}, Mapping):
+        raise ValueError(f"policy_kwargs must be a mapping, got {params['policy_kwargs']!r}")
     policy_kwargs = dict(params.get("policy_kwargs") or {})
     _check_keys(policy_kwargs, allowed_policy_kwargs(), "policy_kwargs")
     if "core_kwargs" in policy_kwargs:
@@ -321,7 +353,7 @@ def resolve_hyperparams(
         if allowed is not None:
             _check_keys(core_kwargs, allowed, f"policy_kwargs.core_kwargs for core {core!r}")
         policy_kwargs["core_kwargs"] = dict(core_kwargs)
-    _convert_policy_kwargs(policy_kwargs)
+    _convert_policy_kwargs(policy_kwargs, allow_imports)
     if policy_kwargs or "policy_kwargs" in params:
         params["policy_kwargs"] = policy_kwargs
     for key in _SCHEDULE_KEYS & set(params):
@@ -337,6 +369,7 @@ def preset_n_envs(
     core: str = "lstm",
     preset: str | Path | Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    allow_imports: bool = False,
 ) -> int:
     """The number of parallel envs the preset asks for (default 8 when it names none)."""
-    return int(resolve_hyperparams(env_family_or_id, core, preset, overrides).get("n_envs", 8))
+    return int(resolve_hyperparams(env_family_or_id, core, preset, overrides, allow_imports).get("n_envs", 8))

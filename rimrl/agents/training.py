@@ -15,6 +15,7 @@ import signal
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,16 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: restore at once
+    os.umask(mask)
+    return mask
+
+
+#: Read once at import (os.umask cannot be read without a brief, thread-unsafe change).
+_UMASK = _process_umask()
+
+
 def atomic_replace(write: Callable[[Path], None], path: str | Path) -> Path:
     """Write ``path`` atomically: ``write(tmp)`` fills a temp file in the same folder (its name ends
     in ``path``'s suffix), which is fsynced and ``os.replace``\\ d onto ``path``. A crash leaves
@@ -52,6 +63,7 @@ def atomic_replace(write: Callable[[Path], None], path: str | Path) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the file the mode open() would
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -64,6 +76,26 @@ def atomic_replace(write: Callable[[Path], None], path: str | Path) -> Path:
 
 class NonFiniteError(RuntimeError):
     """The loss or the parameters became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+
+def divergence_reason(error: BaseException, model: Any) -> str | None:
+    """Why ``error`` (raised inside ``model.learn``) means training diverged, or ``None`` if it is
+    not a divergence (a bug, which must keep its traceback).
+
+    Divergence shows up in three places: the weights themselves (NaN/inf); the policy's outputs
+    while the weights are still finite but huge (torch.distributions rejects NaN logits with a
+    ``ValueError`` during the rollout or the update); the optimizer (a learning rate beyond float32
+    makes Adam's step overflow with a ``RuntimeError``)."""
+    if isinstance(error, NonFiniteError):
+        return str(error)
+    if not params_finite(model):
+        return "the parameters became non-finite during an update"
+    text = " ".join(str(error).split())
+    if isinstance(error, ValueError) and "Expected parameter" in text and "invalid values" in text:
+        return "the policy's outputs became non-finite (NaN logits; the weights diverged)"
+    if isinstance(error, RuntimeError) and "overflow" in text:
+        return f"the optimizer step overflowed ({text[:120]})"
+    return None
 
 
 # ==============================================================================================
@@ -197,13 +229,28 @@ def params_finite(model: Any) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in model.policy.parameters())
 
 
-def save_model_atomic(model: Any, path: Path) -> Path:
-    """``model.save`` into a temp file beside ``path``, then ``os.replace`` (never a torn zip)."""
-    return atomic_replace(lambda tmp: model.save(tmp), path)
+def save_model_atomic(model: Any, path: Path, weights: bool = True) -> Path:
+    """``model.save`` into a temp file beside ``path``, then ``os.replace`` (never a torn zip).
+
+    With ``weights`` (default) the pickle-free pair ``X.weights.pt`` + ``X.spec.json`` follows,
+    written the same way (:func:`rimrl.agents.safe.save_weights`). A model the spec cannot
+    describe gets no pair (a stale one is removed) and a warning.
+    """
+    atomic_replace(lambda tmp: model.save(tmp), path)
+    if weights:
+        from rimrl.agents.safe import SpecError, remove_weights, save_weights
+
+        try:
+            save_weights(model, path)
+        except SpecError as error:
+            remove_weights(path)
+            warnings.warn(f"no weights-only copy of {Path(path).name}: {error}", stacklevel=2)
+    return Path(path)
 
 
 class CheckpointManager:
-    """``<run>/checkpoints/model_<N>_steps.zip``: atomic, never NaN, the newest ``keep`` kept."""
+    """``<run>/checkpoints/model_<N>_steps.zip`` (+ its weights-only pair): atomic, never NaN, the
+    newest ``keep`` kept."""
 
     def __init__(self, run_dir: Path, keep: int = 5) -> None:
         self.folder = Path(run_dir) / CHECKPOINT_DIR
@@ -230,8 +277,11 @@ class CheckpointManager:
     def _prune(self) -> None:
         if self.keep <= 0:
             return
+        from rimrl.agents.safe import remove_weights
+
         for _, old in list_checkpoints(self.folder.parent)[self.keep:]:
             old.unlink(missing_ok=True)
+            remove_weights(old)
 
 
 class EvalHistory:

@@ -8,7 +8,10 @@ variant, ...) ends with one ``error: ...`` line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -70,8 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra make_env argument for the evaluation envs (repeatable), e.g. max_frames_per_episode=27000",
     )
     parser.add_argument("--device", default="cpu", help="torch device for the models (default: cpu)")
+    trust = parser.add_mutually_exclusive_group()
+    trust.add_argument("--safe", dest="safe", action="store_const", const=True, default=None,
+                       help="load only the pickle-free X.weights.pt + X.spec.json beside each zip, never the "
+                       "pickled zip (default: those when present; else a run directory's zip, with a warning)")
+    trust.add_argument("--trust", dest="safe", action="store_const", const=False,
+                       help="unpickle the .zip files, even outside run directories: this runs any code they "
+                       "carry, so only for files you trust")
     parser.add_argument("--quiet", action="store_true", help="print only the tables")
     return parser
+
+
+def _warning_printer(fallback: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints unpickling warnings as one ``warning: ...`` line on
+    stderr and hands the others to ``fallback``."""
+    from rimrl.agents import UnsafeLoadWarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, UnsafeLoadWarning):
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        else:
+            fallback(message, category, *args, **kwargs)
+
+    return show
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -110,12 +134,15 @@ def _main(argv: Sequence[str] | None) -> int:
         checkpoint="best" if args.best else "final",
         env_kwargs=parse_key_values(args.env_kwarg, what="--env-kwarg"),
         device=args.device,
+        safe=args.safe,
     )
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # piped/logged output: never wrap table cells at 80 columns
     log = None if args.quiet else (lambda message: console.print(f"[dim]evaluating {message}[/dim]"))
-    report = evaluate(options, log=log)
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_printer(warnings.showwarning)  # restored on exit
+        report = evaluate(options, log=log)
     console.print(results_table(report.rows))
     if report.aggregates:
         console.print(aggregates_table(report.aggregates))
@@ -123,6 +150,9 @@ def _main(argv: Sequence[str] | None) -> int:
         console.print(comparison_table(report.comparison))
     for note in report.notes:
         console.print(f"note: {note}")
+    if report.write_error is not None:
+        print(f"error: {report.write_error}", file=sys.stderr, flush=True)
+        return 1
     if report.files and not args.quiet:
         console.print(f"wrote {len(report.files)} files to {args.out}")
     return 0

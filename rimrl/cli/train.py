@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import dataclasses
+import errno
 import math
 import os
 import shlex
@@ -46,6 +47,13 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv
 
 from rimrl.agents.activity import CoreActivityCallback
+from rimrl.agents.storage import (
+    LOCK_FILES,
+    DirectoryBusyError,
+    directory_lock,
+    has_content,
+    writable_dir_problem,
+)
 from rimrl.agents.training import (
     CHECKPOINT_RE,
     STOP,
@@ -54,6 +62,7 @@ from rimrl.agents.training import (
     EvalHistory,
     EvalResult,
     NonFiniteError,
+    divergence_reason,
     evaluate_recurrent,
     list_checkpoints,
     params_finite,
@@ -178,6 +187,7 @@ class TrainOptions:
     threads: int = DEFAULTS["threads"]
     resume: bool = False
     overwrite: bool = False
+    allow_imports: bool = False  # policy_kwargs.*_class may import modules outside the allow-list
     quiet: bool = False
     progress_bar: bool | None = None  # None: when stdout is a terminal
     label: str = ""  # prefix of log lines (sweeps)
@@ -286,6 +296,9 @@ def build_parser() -> ArgumentParser:
     run = parser.add_argument_group("run control")
     run.add_argument("--resume", action="store_true", help="continue the run(s) from the latest checkpoint")
     run.add_argument("--overwrite", action="store_true", help="delete existing run directories first")
+    run.add_argument("--allow-imports", action="store_true",
+                     help="let policy_kwargs.*_class import modules outside torch.nn, torch.optim, "
+                     "stable_baselines3, sb3_contrib and rimrl (importing runs their code)")
     run.add_argument("--device", help="torch device: auto | cpu | cuda[:i] [default: auto]")
     run.add_argument("--threads", type=_int_arg, metavar="N", help="torch threads per trial [default: 1]")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
@@ -338,6 +351,15 @@ def _validate_settings(settings: dict[str, Any]) -> None:
     for name, minimum in (("eval_freq", 0), ("eval_episodes", 1), ("save_freq", 0), ("keep_checkpoints", 0),
                           ("threads", 1)):
         _check_int(name, settings[name], minimum)
+    if not isinstance(settings["eval_deterministic"], bool):  # "false" in YAML is a string: truthy
+        raise CLIError(f"eval_deterministic must be true or false (a YAML boolean), got "
+                       f"{settings['eval_deterministic']!r}")
+    for name in ("log_folder", "preset", "tensorboard"):
+        if settings[name] is not None and not isinstance(settings[name], str):
+            raise CLIError(f"{name} must be a string, got {settings[name]!r}")
+    if not isinstance(settings["device"], str):
+        raise CLIError(f"device must be a string, got {settings['device']!r}")
+    check_device(settings["device"])
     for env in settings["envs"]:
         if not isinstance(env, str) or not env:
             raise CLIError(f"env must be a non-empty string, got {env!r}")
@@ -387,7 +409,7 @@ def build_trials(args: Any, argv: Sequence[str]) -> list[TrainOptions]:
             for seed in seeds:
                 options = TrainOptions(
                     env=env, core=core, seed=seed, resume=args.resume, overwrite=args.overwrite,
-                    quiet=args.quiet, argv=list(argv), explicit=explicit_fields, **common,
+                    allow_imports=args.allow_imports, quiet=args.quiet, argv=list(argv), explicit=explicit_fields, **common,
                 )
                 if grid:
                     options.label = options.name
@@ -488,13 +510,74 @@ def check_hyperparam_types(params: Mapping[str, Any], core: str) -> None:
         check(typing.get_type_hints(CORE_CLASSES[core].__init__), core_kwargs, "policy_kwargs.core_kwargs.")
 
 
+#: Ranges of RecurrentPPO's numeric hyperparameters: name -> (low, high, low inclusive, high inclusive).
+_HYPERPARAM_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "n_steps": (1, math.inf, True, False),
+    "batch_size": (1, math.inf, True, False),
+    "n_epochs": (1, math.inf, True, False),
+    "learning_rate": (0, math.inf, False, False),
+    "gamma": (0, 1, True, True),
+    "gae_lambda": (0, 1, True, True),
+    "clip_range": (0, math.inf, False, False),
+    "clip_range_vf": (0, math.inf, False, False),
+    "vf_coef": (0, math.inf, True, False),
+    "ent_coef": (0, math.inf, True, False),
+    "max_grad_norm": (0, math.inf, False, False),
+    "target_kl": (0, math.inf, False, False),
+}
+
+
+def check_hyperparam_ranges(params: Mapping[str, Any]) -> None:
+    """Raise :class:`CLIError` if a resolved RecurrentPPO hyperparameter is out of its range
+    (``n_steps=0``, ``gamma=1.5``, ``clip_range=-0.2``, a NaN ...), before anything is created:
+    SB3 accepts most of these and fails much later, or trains on nonsense."""
+    for name, (low, high, low_in, high_in) in _HYPERPARAM_RANGES.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        number = getattr(value, "initial", value)  # a lin_<x> schedule: its starting value
+        if callable(number) or isinstance(number, bool) or not isinstance(number, (int, float)):
+            continue  # a custom schedule: only its type was checked
+        inside = (number >= low if low_in else number > low) and (number <= high if high_in else number < high)
+        if not (inside and math.isfinite(number)):
+            bounds = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+            raise CLIError(f"hyperparameter {name}={to_yaml_safe(value)!r} is out of range: expected a finite "
+                           f"value in {bounds}")
+    n_steps, n_envs = params.get("n_steps"), params.get("n_envs")
+    if isinstance(n_steps, int) and isinstance(n_envs, int) and n_steps * n_envs < 2:
+        raise CLIError(f"n_steps * n_envs must be > 1 (RecurrentPPO's advantage normalisation), got "
+                       f"{n_steps} * {n_envs}")
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`CLIError` for a device torch does not know, or CUDA on a machine without it
+    (SB3 would silently fall back to the CPU)."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise CLIError(f"unknown --device {device!r}; use auto, cpu or cuda[:i]") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu or auto")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type not in ("cpu", "mps"):
+        raise CLIError(f"--device {device!r} is not supported; use auto, cpu or cuda[:i]")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {device!r}: MPS is not available on this machine; use --device cpu or auto")
+
+
 def _check_run_dir(options: TrainOptions) -> None:
     run_dir = options.run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise CLIError(f"run directory {str(run_dir)!r} exists and is not a directory")
     if options.resume or options.overwrite:
         return
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if has_content(run_dir):
         raise CLIError(
             f"run directory {str(run_dir)!r} already exists; pass --resume to continue it or --overwrite "
             f"to replace it"
@@ -567,10 +650,12 @@ def resolve_trial(options: TrainOptions, say: Any = None) -> ResolvedTrial:
     if options.n_envs is not None:
         overrides["n_envs"] = options.n_envs
     try:
-        params = resolve_hyperparams(options.env, options.core, preset=preset_for_agent, overrides=overrides)
+        params = resolve_hyperparams(options.env, options.core, preset=preset_for_agent, overrides=overrides,
+                                     allow_imports=options.allow_imports)
     except ValueError as error:
         raise CLIError(one_line(error)) from None
     check_hyperparam_types(params, options.core)
+    check_hyperparam_ranges(params)
     n_envs = int(params.pop("n_envs", 8))
 
     vec_env = options.vec_env or ("ale" if family == "atari" else "dummy")
@@ -578,6 +663,10 @@ def resolve_trial(options: TrainOptions, say: Any = None) -> ResolvedTrial:
         raise CLIError(f"--vec-env ale is only for Atari games, not {options.env!r}; use dummy or subproc")
     variant_envs = resolve_eval_variants(options.env, options.eval_variants)
     _check_run_dir(options)
+    for folder, what in ((options.run_dir, "run directory"), (options.tensorboard, "--tensorboard folder")):
+        problem = writable_dir_problem(folder) if folder else None
+        if problem is not None:
+            raise CLIError(f"cannot write the {what}: {problem}")
     return ResolvedTrial(
         options=options, family=family, params=params, n_envs=n_envs, vec_env=vec_env, variant_envs=variant_envs,
         preset_for_agent=preset_for_agent, overrides=overrides, saved_config=saved, resume_from=resume_from,
@@ -612,8 +701,9 @@ def make_train_env(trial: ResolvedTrial, session: int) -> Any:
     try:
         with _sigint_ignored(trial.vec_env == "subproc"):
             venv = make_env(options.env, n_envs=trial.n_envs, seed=seed, vec_env=trial.vec_env, **options.env_kwargs)
-    except (ValueError, TypeError) as error:
-        raise CLIError(f"cannot make {options.env!r}: {one_line(error)}") from None
+    except Exception as error:  # bad --env-kwargs end in asserts deep in gymnasium/minigrid too
+        given = f" (with --env-kwargs {to_yaml_safe(options.env_kwargs)})" if options.env_kwargs else ""
+        raise CLIError(f"cannot make {options.env!r}{given}: {type(error).__name__} {one_line(error)}".rstrip()) from None
     monitor_dir = options.run_dir / MONITOR_DIR
     monitor_dir.mkdir(parents=True, exist_ok=True)
     return EpisodeCSV(venv, str(monitor_dir / f"session{session}"), options.env, trial.family == "minigrid")
@@ -648,8 +738,8 @@ def make_eval_env(trial: ResolvedTrial, env_id: str | None = None) -> Any:
     try:
         return make_env(env_id, n_envs=n_envs, seed=trial.options.seed + EVAL_SEED_OFFSET,
                         vec_env=vec_env, **trial.options.env_kwargs)
-    except (ValueError, TypeError) as error:
-        raise CLIError(f"cannot make the evaluation env {env_id!r}: {one_line(error)}") from None
+    except Exception as error:
+        raise CLIError(f"cannot make the evaluation env {env_id!r}: {type(error).__name__} {one_line(error)}".rstrip()) from None
 
 
 # ==============================================================================================
@@ -667,6 +757,10 @@ class _Printer:
     def __call__(self, message: str) -> None:
         if not self.quiet:
             print(f"{self.prefix}{message}", flush=True)
+
+    def warn(self, message: str) -> None:
+        """``warning: ...`` on stderr, even when quiet (something the user must know)."""
+        print(f"{self.prefix}warning: {message}", file=sys.stderr, flush=True)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -765,6 +859,11 @@ class RunCallback(BaseCallback):
 # ==============================================================================================
 
 
+#: ``OSError`` numbers that mean "the storage refused a write", not a bug.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                             errno.ENOENT})
+
+
 def _remove_run_dir(run_dir: Path, log_folder: str) -> None:
     """Delete ``run_dir`` and the ``<env>/<core>`` folders above it that are left empty."""
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -800,6 +899,7 @@ class Trainer:
         # --eval-variants: variant -> (its evaluation env, its history file)
         self.variant_evals: dict[str, tuple[Any, EvalHistory]] = {}
         self.last_checkpoint: Path | None = None
+        self.fresh = False  # run() created this run directory (nothing of the user's is in it)
         self.started = time.time()
 
     # --- small pieces ----------------------------------------------------------------------------
@@ -857,9 +957,10 @@ class Trainer:
     def _prepare_dir(self) -> tuple[int, dict[str, Any]]:
         """Create (or clear, with --overwrite) the run dir; return (session index, config)."""
         options = self.trial.options
-        if options.overwrite and self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if options.overwrite:  # everything but the lock this process holds
+            for child in self.run_dir.iterdir():
+                if child.name not in LOCK_FILES:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
         for stray in self.run_dir.glob(".tmp-*"):
             stray.unlink(missing_ok=True)
         config = self._config()
@@ -923,7 +1024,11 @@ class Trainer:
                     model = load_agent(path, env=env, device=options.device)
                 except AgentLoadError as error:
                     errors.append(one_line(error))
-                    self.say(f"warning: skipping checkpoint {path.name}: {errors[-1]}")
+                    # Set aside, not deleted (nothing lost): no longer a checkpoint to resume from or
+                    # to count against --keep-checkpoints.
+                    aside = path.with_name(path.name + ".unreadable")
+                    path.replace(aside)
+                    self.say.warn(f"skipping unreadable checkpoint {path.name} (kept as {aside.name}): {errors[-1]}")
                     continue
                 trial.resume_from = path
                 model.tensorboard_log = str(self.tensorboard_dir)
@@ -933,7 +1038,7 @@ class Trainer:
             return make_agent(
                 env, core=options.core, preset=trial.preset_for_agent, seed=options.seed,
                 tensorboard_log=str(self.tensorboard_dir), verbose=0, device=options.device,
-                **trial.overrides,
+                allow_imports=options.allow_imports, **trial.overrides,
             )
         except (ValueError, TypeError, AssertionError) as error:
             raise CLIError(f"invalid hyperparameters for core {options.core!r}: {one_line(error)}") from None
@@ -961,33 +1066,62 @@ class Trainer:
         if done is not None:
             self.say(f"{self.run_dir} is already complete ({done.get('num_timesteps'):,} steps): nothing to do")
             return self._result("skipped", EXIT_OK, started, done)
-        if options.resume and self.trial.resume_from is None:
-            self.say(f"nothing to resume in {self.run_dir}: starting a new run")
 
-        fresh = not (self.run_dir.is_dir() and any(self.run_dir.iterdir())) or options.overwrite
-        session, _ = self._prepare_dir()
+        self.fresh = not has_content(self.run_dir) or options.overwrite
+        try:
+            with directory_lock(self.run_dir, what="run directory"):  # one writer per run directory
+                return self._run_locked(started)
+        except DirectoryBusyError as error:
+            raise CLIError(str(error)) from None
+
+    def _run_locked(self, started: float) -> TrialResult:
+        if self.trial.options.resume and self.trial.resume_from is None:
+            self.say(f"nothing to resume in {self.run_dir}: starting a new run")
         env = None
         try:
+            session, _ = self._prepare_dir()
             env = make_train_env(self.trial, session)
             self._setup(env, session)
-        except CLIError:
-            if env is not None:
-                env.close()
-            if fresh:  # bad hyperparameters found while building: leave no half-made run behind
-                _remove_run_dir(self.run_dir, self.trial.options.log_folder)
+            result = self._train(started)
+        except OSError as error:
+            if error.errno not in _STORAGE_ERRNOS:
+                self._discard_if_nothing_kept()
+                raise
+            result = self._storage_failed(error, started)
+        except BaseException:
+            self._discard_if_nothing_kept()
             raise
-        try:
-            return self._train(started)
         finally:
-            env.close()
-            if self.eval_env is not None:
-                self.eval_env.close()
-            for variant_env, _ in self.variant_evals.values():
-                variant_env.close()
+            for each in (env, self.eval_env, *(e for e, _ in self.variant_evals.values())):
+                if each is not None:
+                    each.close()
+        if result.status in ("nan", "failed"):
+            self._discard_if_nothing_kept()
+        return result
+
+    def _storage_failed(self, error: OSError, started: float) -> TrialResult:
+        """A write failed mid-run (disk full, quota, the folder made read-only): stop cleanly, keeping
+        the checkpoints already written (atomic writes never leave a torn one)."""
+        kept = self.last_checkpoint
+        where = (f"the last good checkpoint is {kept}; free space and continue with --resume" if kept
+                 else "nothing was trained to keep")
+        target = f" {error.filename}" if error.filename else ""
+        message = f"training stopped: cannot write{target}: {error.strerror or error}; {where}"
+        print(f"{self.say.prefix}error: {message}", file=sys.stderr, flush=True)
+        return self._result("failed", EXIT_FAILED, started, {}, message=message)
+
+    def _discard_if_nothing_kept(self) -> None:
+        """A new run that failed before its first checkpoint leaves no directory behind (it would
+        block the corrected rerun and holds nothing to resume)."""
+        if self.fresh and self.last_checkpoint is None and self.run_dir.is_dir():
+            _remove_run_dir(self.run_dir, self.trial.options.log_folder)
 
     def _setup(self, env: VecEnv, session: int) -> None:
         options = self.trial.options
+        resume_from = self.trial.resume_from
         self.model = self._build_model(env)
+        if self.trial.resume_from != resume_from:  # the newest checkpoint was unreadable: record the real one
+            write_yaml(self.run_dir / CONFIG_FILE, self._config())
         if session > 0:
             self.model.set_random_seed(options.seed + SESSION_SEED_STRIDE * session)
         self.eval_env = make_eval_env(self.trial)
@@ -1015,7 +1149,10 @@ class Trainer:
             if stopped is not None:
                 return stopped
         # Completed: final checkpoint, model.zip, final evaluation, metrics.
-        self.check_finite(model, where="at the end of training")
+        try:
+            self.check_finite(model, where="after the last update")
+        except NonFiniteError as error:
+            return self._non_finite(str(error), started)
         if self.last_checkpoint is None or self._steps_of(self.last_checkpoint) != model.num_timesteps:
             self.checkpoint(model)
         save_model_atomic(model, self.run_dir / MODEL_FILE)
@@ -1045,13 +1182,11 @@ class Trainer:
                 callbacks = CallbackList([callback, CoreActivityCallback()])
                 model.learn(remaining, callback=callbacks, reset_num_timesteps=reset, tb_log_name=TB_LOG_NAME,
                             progress_bar=self.show_progress_bar)
-        except NonFiniteError as error:
-            return self._non_finite(str(error), started)
         except Exception as error:
-            if not params_finite(model):  # e.g. NaN logits rejected by torch.distributions mid-update
-                return self._non_finite(f"the parameters became non-finite during an update ({one_line(error)})",
-                                        started)
-            raise
+            reason = divergence_reason(error, model)
+            if reason is None:
+                raise
+            return self._non_finite(reason, started)
         if callback.aborted:
             return self._interrupted(model, callback, started)
         return None  # completed (a signal during the last update still lets it finish and save)
@@ -1068,9 +1203,13 @@ class Trainer:
 
     def _non_finite(self, reason: str, started: float) -> TrialResult:
         kept = self.last_checkpoint
-        where = f"the last good checkpoint is {kept}" if kept else "no checkpoint was written yet"
-        message = (f"training stopped: {reason}; {where} (lower the learning rate or max_grad_norm and start "
-                   f"again with --overwrite)")
+        if kept is not None:
+            where, again = f"the last good checkpoint is {kept}", "start again with --overwrite"
+        elif self.fresh:
+            where, again = "nothing was trained to keep, so the run directory was removed", "start again"
+        else:
+            where, again = "no checkpoint was written yet", "start again with --overwrite"
+        message = f"training stopped: {reason}; {where} (lower the learning rate or max_grad_norm and {again})"
         print(f"{self.say.prefix}error: {message}", file=sys.stderr, flush=True)
         return self._result("nan", EXIT_FAILED, started, {}, message=message)
 

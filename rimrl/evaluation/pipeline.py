@@ -7,6 +7,7 @@ or :class:`rimrl.agents.AgentLoadError`, both ``ValueError`` with a one-line mes
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.vec_env import VecEnv
 
 from rimrl.agents import AgentLoadError, load_agent
+from rimrl.agents.storage import DirectoryBusyError, directory_lock, writable_dir_problem
 from rimrl.envs import is_atari
 from rimrl.evaluation.activations import plot_active_units, plot_srm_topology
 from rimrl.evaluation.environments import (
@@ -62,10 +64,14 @@ class EvaluationOptions:
     checkpoint: str = "final"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    #: ``None``: the pickle-free weights files when present, else unpickle a run directory's zip
+    #: (with a warning) and refuse a bare one; ``True``: weights files only; ``False``: unpickle.
+    safe: bool | None = None
 
     def validate(self) -> None:
         """Reject bad numbers and combinations before any model is loaded."""
-        for name, value, minimum in (("episodes", self.episodes, 1), ("n_envs", self.n_envs, 1), ("gif", self.gif, 0)):
+        numbers = (("episodes", self.episodes, 1), ("n_envs", self.n_envs, 1), ("gif", self.gif, 0), ("seed", self.seed, 0))
+        for name, value, minimum in numbers:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise EvaluationInputError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
         if self.checkpoint not in ("final", "best"):
@@ -74,6 +80,9 @@ class EvaluationOptions:
             raise EvaluationInputError("--plot, --gif, --activations and --compare write files: pass --out DIR")
         if self.challenger == self.baseline:
             raise EvaluationInputError(f"the compared cores must differ, got {self.challenger!r} twice")
+        problem = writable_dir_problem(self.out) if self.out is not None else None
+        if problem is not None:  # checked now: after the rollouts it would be too late
+            raise EvaluationInputError(f"cannot write --out: {problem}")
 
     def settings(self) -> dict[str, Any]:
         """The settings recorded in ``results.json``."""
@@ -113,7 +122,7 @@ def _load(sources: Sequence[ModelSource], options: EvaluationOptions) -> list[_L
     planned = [(source, resolve_variants(source.env_id or "", options.variants)) for source in sources]
     loaded = []
     for source, variants in planned:
-        model = load_agent(source.path, env=None, device=options.device)
+        model = load_agent(source.path, env=None, device=options.device, safe=options.safe)
         source.core = source.core or core_of(model)
         loaded.append(_Loaded(source, model, variants))
     label_sources([item.source for item in loaded])
@@ -190,6 +199,16 @@ def evaluate(options: EvaluationOptions, log: Callable[[str], None] | None = Non
     loaded = _load(sources, options)
     if options.compare:
         _check_comparable(loaded, options)
+    if options.out is None:
+        return _evaluate(loaded, options, say)
+    try:
+        with directory_lock(options.out, what="--out folder"):  # two evaluations must not interleave files
+            return _evaluate(loaded, options, say)
+    except DirectoryBusyError as error:
+        raise EvaluationInputError(str(error)) from None
+
+
+def _evaluate(loaded: list[_Loaded], options: EvaluationOptions, say: Callable[[str], None]) -> EvaluationReport:
     report = EvaluationReport(settings=options.settings())
     for item in loaded:
         for variant in item.variants:
@@ -226,7 +245,13 @@ def evaluate(options: EvaluationOptions, log: Callable[[str], None] | None = Non
     if options.compare:
         report.comparison = compare_games(report.rows, options.challenger, options.baseline)
     if options.out is not None:
-        _write(report, Path(options.out), options)
+        try:
+            _write(report, Path(options.out), options)
+        except OSError as error:  # disk full, folder removed mid-run: keep the results elsewhere
+            fallback = Path(tempfile.mkdtemp(prefix="rimrl-evaluation-"))
+            _write(report, fallback, options)
+            report.write_error = (f"could not write to {str(options.out)!r} ({error.strerror or error}); the results "
+                                  f"were written to {str(fallback)!r} instead")
     return report
 
 

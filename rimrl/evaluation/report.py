@@ -51,6 +51,8 @@ class EvaluationReport:
     settings: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Set when ``--out`` could not be written after the rollouts: where the results went instead.
+    write_error: str | None = None
 
 
 def _cell(value: Any) -> Any:
