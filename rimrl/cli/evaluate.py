@@ -8,6 +8,7 @@ variant, ...) ends with one ``error: ...`` line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from rimrl.cli.common import ArgumentParser, CLIError, main_guard, parse_key_values
 
@@ -54,8 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--episodes", type=int, default=100, help="episodes per variant per model (default: 100)")
     parser.add_argument("--seed", type=int, default=1000, help="evaluation seed: env i starts at seed+i (default: 1000)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=True, help="greedy actions (default)")
-    mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions from the policy")
+    mode.add_argument("--deterministic", dest="deterministic", action="store_const", const=True, default=None,
+                      help="greedy actions (default: the mode of each run's training-time evaluation, from its "
+                      "config.yml; else sampled for MiniGrid/BabyAI/rimrl suites and Atari, greedy otherwise)")
+    mode.add_argument("--stochastic", dest="deterministic", action="store_const", const=False,
+                      help="actions sampled from the policy")
     parser.add_argument("--n-envs", type=int, default=8, help="parallel envs per variant (default: 8)")
     parser.add_argument("--out", metavar="DIR", help="write results.csv/json/md, episodes.csv and the figures here")
     parser.add_argument("--plot", action="store_true", help="write results.png: per variant, one bar per core, 95%% CIs")
@@ -96,6 +101,28 @@ def _warning_printer(fallback: Callable[..., None]) -> Callable[..., None]:
             fallback(message, category, *args, **kwargs)
 
     return show
+
+
+class _EpisodeBar:
+    """A rich progress bar per model x variant (episodes done / total), fed by
+    :func:`rimrl.evaluation.evaluate`'s ``progress`` callback."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("episodes"), TimeElapsedColumn(), console=console)
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if what not in self.tasks:
+            self.tasks[what] = self.progress.add_task(what, total=total)
+        self.progress.update(self.tasks[what], completed=done)
+
+    def __enter__(self) -> _EpisodeBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -139,10 +166,12 @@ def _main(argv: Sequence[str] | None) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # piped/logged output: never wrap table cells at 80 columns
-    log = None if args.quiet else (lambda message: console.print(f"[dim]evaluating {message}[/dim]"))
-    with warnings.catch_warnings():
+    log = None if args.quiet else (lambda message: console.print(f"evaluating {message}", style="dim", markup=False))
+    # A live bar only on a terminal: in a log file its redraws would be noise.
+    bar = _EpisodeBar(console) if console.is_terminal and not args.quiet else None
+    with warnings.catch_warnings(), (bar or contextlib.nullcontext()):
         warnings.showwarning = _warning_printer(warnings.showwarning)  # restored on exit
-        report = evaluate(options, log=log)
+        report = evaluate(options, log=log, progress=bar)
     console.print(results_table(report.rows))
     if report.aggregates:
         console.print(aggregates_table(report.aggregates))
