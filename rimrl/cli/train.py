@@ -605,8 +605,9 @@ def _resume_settings(options: TrainOptions, saved: Mapping[str, Any], say: Any) 
     for key in _RESUME_KEPT:
         if key not in saved:
             continue
-        if key in options.explicit and getattr(options, key) != saved[key]:
-            say(f"note: --resume keeps the run's {key}={saved[key]!r} (ignoring {getattr(options, key)!r})")
+        given = getattr(options, key)
+        if key in options.explicit and given is not None and given != saved[key]:  # None: "the default"
+            say(f"note: --resume keeps the run's {key}={saved[key]!r} (ignoring {given!r})")
         setattr(updated, key, saved[key])
     if "hyperparams" in options.explicit:
         say("note: --resume keeps the run's saved hyperparameters (ignoring --hyperparams / --config ones)")
