@@ -27,6 +27,7 @@ EXAMPLES = """examples:
   evaluate.py runs/rimrl-Pickup-Train-v0/*/seed* --out eval/pickup --plot
   evaluate.py model.zip --env rimrl/Pickup-Train-v0 --variants train novel --gif 2 --activations --out eval/x
   evaluate.py runs/ALE-*/{rim,lstm}/seed* --episodes 10 --compare --out eval/atari
+  evaluate.py runs/rimrl-Pickup-Train-v0/*/seed* --curves --out eval/curves
 """
 
 
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare", action="store_true", help="Atari: per-game table and bar plot of --challenger over --baseline")
     parser.add_argument("--challenger", default="rim", help="core compared by --compare (default: rim)")
     parser.add_argument("--baseline", default="lstm", help="baseline core of --compare (default: lstm)")
+    parser.add_argument("--curves", action="store_true",
+                        help="learning curves only (no model is loaded): success/return vs env steps per core and "
+                        "variant from the runs' evaluations*.npz, mean and 95%% CI across seeds; with --out: "
+                        "curves.png and curves.csv")
     parser.add_argument("--best", action="store_true", help="evaluate best_model.zip of run directories instead of model.zip")
     parser.add_argument(
         "--env-kwarg",
@@ -143,6 +148,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from rimrl.evaluation.report import aggregates_table, comparison_table, results_table
 
     args = build_parser().parse_args(argv)
+    if args.curves:
+        return _curves(args)
     options = EvaluationOptions(
         paths=args.paths,
         env=args.env,
@@ -185,6 +192,44 @@ def _main(argv: Sequence[str] | None) -> int:
     if report.files and not args.quiet:
         console.print(f"wrote {len(report.files)} files to {args.out}")
     return 0
+
+
+#: Flags of the model evaluation, which --curves (reading evaluations*.npz only) does not run.
+_NOT_WITH_CURVES = ("env", "variants", "plot", "gif", "activations", "compare", "best", "env_kwarg")
+
+
+def _curves(args: argparse.Namespace) -> int:
+    """``--curves``: learning curves from the runs' evaluation files; nothing is evaluated."""
+    from rimrl.evaluation.curves import learning_curves
+
+    given = [name for name in _NOT_WITH_CURVES if getattr(args, name)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise CLIError(f"--curves only reads the runs' evaluation files; run {flags} without --curves")
+    report = learning_curves(args.paths, out=args.out)
+    console = Console(width=None if Console().is_terminal else 200)
+    console.print(_curves_table(report.curves))
+    for note in report.notes:
+        console.print(f"note: {note}")
+    if report.files and not args.quiet:
+        console.print(f"wrote {', '.join(path.name for path in report.files)} to {args.out}")
+    return 0
+
+
+def _curves_table(curves: Sequence[Any]) -> Any:
+    """The last point of each curve: core, variant, step, seeds, mean [95% CI]."""
+    from rich.table import Table
+
+    table = Table(title="learning curves: last common evaluation (mean over seeds, 95% CI across seeds)")
+    for column in ("core", "variant", "step", "seeds", "metric", "mean [95% CI]"):
+        table.add_column(column)
+    for c in curves:
+        if not len(c.steps):
+            continue
+        low, high = c.ci_low[-1], c.ci_high[-1]
+        interval = f" [{low:.3g}, {high:.3g}]" if low == low and high == high else ""  # NaN: one seed
+        table.add_row(c.core, c.variant, f"{int(c.steps[-1]):,}", str(c.n_seeds), c.metric, f"{c.mean[-1]:.3g}{interval}")
+    return table
 
 
 if __name__ == "__main__":

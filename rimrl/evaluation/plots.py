@@ -119,11 +119,15 @@ def plot_results(rows: Sequence[ResultRow], aggregates: Sequence[AggregateRow], 
 
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Lay out ``fig``, write it as ``path`` (folders created) and close it; returns the path."""
+    """Lay out ``fig``, write it as ``path`` (folders created) and close it; returns the path.
+
+    Saved with ``bbox_inches="tight"``: the image grows to hold every title, label and legend
+    instead of cutting what ``tight_layout`` could not fit.
+    """
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
     return path
 
