@@ -370,12 +370,12 @@ def write_curves_csv(curves: Sequence[Curve], path: str | Path) -> Path:
     """``curves.csv``: one row per core x variant x step (:data:`CURVE_COLUMNS`; no CI: empty cells)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    multiple_envs = len({c.env for c in curves}) > 1
+    multiple_envs = len({c.env for c in curves} - {""}) > 1  # training-episode curves have no env
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CURVE_COLUMNS)
         for c in curves:
-            variant = f"{c.env}:{c.variant}" if multiple_envs else c.variant
+            variant = f"{c.env}:{c.variant}" if multiple_envs and c.env else c.variant
             for k, step in enumerate(c.steps):
                 cells = (c.mean[k], c.ci_low[k], c.ci_high[k])
                 writer.writerow([c.core, variant, int(step), c.n_seeds, c.metric,
@@ -393,14 +393,14 @@ class CurvePanel:
 
 def curve_panels(curves: Sequence[Curve]) -> list[CurvePanel]:
     """One panel per (env, variant), in the curves' order; the env is named only when there are several."""
-    multiple_envs = len({c.env for c in curves}) > 1
+    multiple_envs = len({c.env for c in curves} - {""}) > 1  # training-episode curves have no env
     panels: dict[tuple[str, str], CurvePanel] = {}
     for c in curves:
         key = (c.env, c.variant)
         if key not in panels:
             where = "in distribution" if c.variant == TRAIN_VARIANT else "out of distribution"
             title = f"{c.variant} ({where})" if c.variant != "training episodes" else c.variant
-            panels[key] = CurvePanel(f"{c.env}\n{title}" if multiple_envs else title, [])
+            panels[key] = CurvePanel(f"{c.env}\n{title}" if multiple_envs and c.env else title, [])
         panels[key].curves.append(c)
     return list(panels.values())
 
