@@ -148,6 +148,7 @@ class SingleEnv:
     step: Callable[[Any], tuple[Any, float, bool, dict[str, Any]]]
     render: Callable[[], np.ndarray]
     close: Callable[[], None]
+    action_names: list[str] | None = None  # words for discrete actions (GIF captions); None: numbers
 
 
 def make_single_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> SingleEnv:
@@ -172,7 +173,9 @@ def _single_minigrid(env_id: str, env_kwargs: dict[str, Any]) -> SingleEnv:
         obs, reward, terminated, truncated, info = env.step(int(np.asarray(action).reshape(())))
         return obs, float(reward), bool(terminated or truncated), info
 
-    return SingleEnv(reset, step, lambda: env.render(), env.close)
+    actions = getattr(env.unwrapped, "actions", None)  # MiniGrid's Actions enum
+    names = [a.name for a in actions] if actions is not None else None
+    return SingleEnv(reset, step, lambda: env.render(), env.close, names)
 
 
 def _single_atari(env_id: str, env_kwargs: dict[str, Any]) -> SingleEnv:
@@ -196,4 +199,13 @@ def _single_atari(env_id: str, env_kwargs: dict[str, Any]) -> SingleEnv:
         grey = np.asarray(latest["frame"])[-1]  # the newest frame of the stack
         return np.repeat(np.repeat(np.stack([grey] * 3, axis=-1), 3, axis=0), 3, axis=1)
 
-    return SingleEnv(reset, step, render, venv.close)
+    return SingleEnv(reset, step, render, venv.close, _atari_action_names(venv))
+
+
+def _atari_action_names(venv: Any) -> list[str] | None:
+    """The game's action meanings (``NOOP``, ``FIRE``, ...) where the vector env exposes them."""
+    try:
+        names = venv.env_method("get_action_meanings", indices=[0])[0] if hasattr(venv, "env_method") else None
+    except Exception:  # a vector env without per-env methods (the native ALE one): numbers will do
+        names = None
+    return list(names) if names else None

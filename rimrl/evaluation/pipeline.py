@@ -31,7 +31,7 @@ from rimrl.evaluation.environments import (
     make_single_env,
     resolve_variants,
 )
-from rimrl.evaluation.gifs import slug, write_gif
+from rimrl.evaluation.gifs import frame_captions, slug, write_gif
 from rimrl.evaluation.plots import plot_comparison, plot_results
 from rimrl.evaluation.report import EvaluationReport, write_outputs
 from rimrl.evaluation.results import aggregate_rows, compare_games, episode_rows, summarize
@@ -156,8 +156,11 @@ def _kwargs_for(item: _Loaded, env_id: str, options: EvaluationOptions) -> dict[
     return eval_env_kwargs(env_id, item.model.observation_space, {**item.source.env_kwargs, **options.env_kwargs})
 
 
-def _traces(item: _Loaded, variant: VariantEnv, options: EvaluationOptions, count: int, render: bool) -> list[EpisodeTrace]:
-    """``count`` single-env episodes (seeded ``seed + k``) for GIFs and activation maps."""
+def _traces(
+    item: _Loaded, variant: VariantEnv, options: EvaluationOptions, count: int, render: bool
+) -> tuple[list[EpisodeTrace], list[str] | None]:
+    """``count`` single-env episodes (seeded ``seed + k``) for GIFs and activation maps, and the
+    env's action names (for the GIF captions)."""
     single = make_single_env(variant.env_id, _kwargs_for(item, variant.env_id, options))
     try:
         return [
@@ -171,7 +174,7 @@ def _traces(item: _Loaded, variant: VariantEnv, options: EvaluationOptions, coun
                 max_steps=TRACE_MAX_STEPS,
             )
             for k in range(count)
-        ]
+        ], single.action_names
     finally:
         single.close()
 
@@ -183,10 +186,11 @@ def _inspect(item: _Loaded, variant: VariantEnv, options: EvaluationOptions, rep
     if count == 0:
         return
     out = Path(options.out or ".")
-    traces = _traces(item, variant, options, count, render=options.gif > 0)
+    traces, action_names = _traces(item, variant, options, count, render=options.gif > 0)
     name = f"{slug(item.source.label)}_{slug(variant.variant)}"
     for k, trace in enumerate(traces[: options.gif]):
-        report.files.append(write_gif(trace.frames, out / "gifs" / f"{name}_ep{k}.gif"))
+        captions = frame_captions(trace.actions, trace.rewards, action_names, truncated=trace.truncated_by_trace)
+        report.files.append(write_gif(trace.frames, out / "gifs" / f"{name}_ep{k}.gif", captions=captions))
     if options.activations and modular and traces[0].active is not None:
         unit = "unit" if item.source.core == "rim" else "module"
         title = f"{item.source.label} on {variant.variant}: active {unit}s (episode 0, return {traces[0].episode_return:.2f})"

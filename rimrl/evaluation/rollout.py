@@ -166,12 +166,15 @@ class EpisodeTrace:
             (the terminal one included). Empty unless rendering was asked for.
         active: ``(T, units)`` bool: which units/modules of a RIM/SRM core were active at each
             step; None for cores without ``last_active_mask`` (LSTM, GRU).
+        actions, rewards: the action taken and the reward received at each step (GIF captions).
         episode_return, length, success: as in :class:`EpisodeRecord`.
         truncated_by_trace: the trace stopped at ``max_steps`` before the episode ended.
     """
 
     frames: list[np.ndarray] = field(default_factory=list)
     active: np.ndarray | None = None
+    actions: list[Any] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
     episode_return: float = 0.0
     length: int = 0
     success: bool | None = None
@@ -223,6 +226,8 @@ def trace_episode(
         obs, reward, done, info = step(action)
         episode_start = np.zeros(1, dtype=bool)
         trace.episode_return += float(reward)
+        trace.actions.append(np.asarray(action).ravel().copy())
+        trace.rewards.append(float(reward))
         trace.length += 1
         if render is not None:
             trace.frames.append(np.asarray(render(), dtype=np.uint8))
