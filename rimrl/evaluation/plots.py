@@ -166,7 +166,7 @@ def plot_results(rows: Sequence[ResultRow], aggregates: Sequence[AggregateRow], 
     labels = {"success_rate": "success rate", "human_normalized_score": "human-normalised score", "mean_return": "mean return"}
     ax.set_ylabel(labels[metric])
     if metric == "success_rate":
-        ax.set_ylim(0, 1.12)
+        ax.set_ylim(-0.03, 1.12)  # below 0: a model at 0 % is a whole dot, not half of one
     ax.set_title(f"{labels[metric]} per variant and core: bar = IQM over seeds (one model: its value), "
                  f"dots = each model", fontsize=9, pad=16)
     handles, names = ax.get_legend_handles_labels()
@@ -212,6 +212,6 @@ def plot_comparison(comparison: Sequence[GameComparison], path: str | Path) -> P
     ax.set_xticks(range(len(ordered)), [g.game.removeprefix("ALE/").removesuffix("-v5") for g in ordered], rotation=70, ha="right", fontsize=8)
     first = ordered[0]
     ax.set_ylabel(f"relative improvement of {first.challenger} over {first.baseline} (%)")
-    ax.set_title(f"100 (score - baseline) / (max(human, baseline) - random), full games; mean score of "
+    ax.set_title(f"100 (score - baseline) / (max(human, baseline) - random), full games;\nmean score of "
                  f"{first.challenger} and {first.baseline} over their models (no interval)", fontsize=9)
     return save_figure(fig, path)
