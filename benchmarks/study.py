@@ -520,7 +520,7 @@ def compute_curves(settings: StudySettings, runs: Sequence[RunState]) -> dict[st
     from rimrl.evaluation.curves import curve_edges, evaluation_curves, read_run_evaluations, training_curves
 
     edges = curve_edges(settings.n_timesteps, settings.bin_steps)
-    by_core = {core: {str(s.seed): s.run_dir for s in runs if s.core == core} for core in settings.cores}
+    by_core = {core: {f"seed{s.seed}": s.run_dir for s in runs if s.core == core} for core in settings.cores}
     training = training_curves({core: members for core, members in by_core.items() if members}, edges, reps=settings.reps)
     readable = []
     for state in runs:
@@ -529,8 +529,9 @@ def compute_curves(settings: StudySettings, runs: Sequence[RunState]) -> dict[st
         except EvaluationInputError:
             continue  # a run without evaluations.npz has no evaluation curve; its training curve stays
     evaluation = [c for c in evaluation_curves(readable, reps=settings.reps) if c.variant in settings.variants and len(c.steps)]
-    cores = {c.core: {"seeds": [int(k) for k in c.per_seed], "mean": c.as_dict()["mean"], "ci_low": c.as_dict()["ci_low"],
-                      "ci_high": c.as_dict()["ci_high"], "per_seed": c.as_dict()["per_seed"]} for c in training}
+    cores = {c.core: {"seeds": [s.seed for s in runs if s.core == c.core],
+                      **{k: v for k, v in c.as_dict().items() if k in ("mean", "ci_low", "ci_high", "per_seed")}}
+             for c in training}
     per_variant: dict[str, Any] = {}
     for c in evaluation:
         per_variant.setdefault(c.variant, {})[c.core] = {k: v for k, v in c.as_dict().items() if k in
