@@ -16,8 +16,9 @@
    and reused while the model and the evaluation settings are unchanged.
 3. **Compare**: ``results.md`` / ``results.json`` (rliable IQM of the success rate over seeds with
    95 % stratified-bootstrap CIs, per-seed values, probability of improvement of RIM and SRM over
-   LSTM), ``results.png`` and ``curves.png`` (training-episode success vs env steps from the
-   monitor CSVs), all under ``--out``.
+   LSTM), ``results.png`` and ``curves.png`` (success vs env steps: the training episodes from the
+   monitor CSVs, then train.py's periodic evaluations on each variant; drawn by
+   :mod:`rimrl.evaluation.curves`, the code of ``evaluate.py --curves``), all under ``--out``.
 
 Exit status: 0 done; 1 a training did not complete (the other runs are still evaluated and
 reported); 2 bad input (one ``error:`` line); 130 / 143 interrupted (rerun the same command).
@@ -26,7 +27,6 @@ reported); 2 bad input (one ``error:`` line); 130 / 143 interrupted (rerun the s
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
@@ -59,16 +59,13 @@ from rimrl.cli.common import (
 from rimrl.cli.train import (
     CONFIG_FILE,
     CORES,
-    EVALUATIONS_FILE,
     METRICS_FILE,
     MODEL_FILE,
-    MONITOR_DIR,
-    variant_evaluations_file,
 )
 from rimrl.envs import DISTRACTOR_SUITES
 from rimrl.evaluation.environments import EvaluationInputError
 
-__all__ = ["RunState", "StudySettings", "build_parser", "learning_curve", "main", "run_study"]
+__all__ = ["RunState", "StudySettings", "build_parser", "main", "run_study"]
 
 DEFAULT_CORES = ("lstm", "gru", "rim", "srm")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
@@ -511,120 +508,37 @@ def compute_statistics(settings: StudySettings, rows: Sequence[Mapping[str, Any]
 
 
 # ==============================================================================================
-# Learning curves from the monitor CSVs
+# Learning curves (rimrl.evaluation.curves, the same code as evaluate.py --curves)
 # ==============================================================================================
 
 
-def _monitor_rows(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Episode lengths and successes of one ``monitor/session<i>.monitor.csv`` (a ``#{json}`` line,
-    then ``r,l,t,success``)."""
-    lengths, successes = [], []
-    with path.open(newline="") as handle:
-        lines = (line for line in handle if not line.startswith("#"))
-        for row in csv.DictReader(lines):
-            lengths.append(int(float(row["l"])))
-            successes.append(str(row.get("success", "")).strip().lower() in ("true", "1", "1.0"))
-    return np.array(lengths, dtype=np.int64), np.array(successes, dtype=np.float64)
-
-
-def learning_curve(run_dir: Path, edges: np.ndarray) -> np.ndarray:
-    """Mean training-episode success per bin ``(edges[k], edges[k+1]]`` of env steps (NaN: no episode).
-
-    An episode's step is where it ended: the session's start (``config.yml`` ``sessions[i]
-    .from_timesteps``) plus the cumulative sum of ``l`` over every env's episodes in its monitor CSV.
-    A session's episodes past the next session's start are dropped: that session resumed from an
-    earlier checkpoint, so they were not trained on.
-    """
-    config_path = run_dir / CONFIG_FILE
-    config = read_yaml(config_path, what="saved run config") if config_path.is_file() else {}
-    starts = [int(s.get("from_timesteps") or 0) for s in config.get("sessions") or [{}]]
-    steps, success = [], []
-    for i, start in enumerate(starts):
-        path = run_dir / MONITOR_DIR / f"session{i}.monitor.csv"
-        if not path.is_file():
-            continue
-        lengths, outcomes = _monitor_rows(path)
-        ends = start + np.cumsum(lengths)
-        keep = ends <= starts[i + 1] if i + 1 < len(starts) else np.ones(len(ends), dtype=bool)
-        steps.append(ends[keep])
-        success.append(outcomes[keep])
-    curve = np.full(len(edges) - 1, np.nan)
-    if not steps:
-        return curve
-    all_steps = np.minimum(np.concatenate(steps), edges[-1])
-    all_success = np.concatenate(success)
-    bins = np.clip(np.searchsorted(edges, all_steps, side="left") - 1, 0, len(edges) - 2)
-    for k in range(len(curve)):
-        chosen = all_success[bins == k]
-        if chosen.size:
-            curve[k] = chosen.mean()
-    return curve
-
-
-def curve_edges(n_timesteps: int, bin_steps: int) -> np.ndarray:
-    """``0, bin, 2 bin, ..., n``: the last bin ends at ``n`` (later episodes count in it)."""
-    return np.array(sorted({*range(0, n_timesteps, bin_steps), n_timesteps}), dtype=np.int64)
-
-
 def compute_curves(settings: StudySettings, runs: Sequence[RunState]) -> dict[str, Any]:
-    """Per core: the mean over seeds of each bin's training success and its 95 % bootstrap CI over seeds."""
-    from rimrl.evaluation.stats import bootstrap_mean_interval
+    """The training episodes' success per ``--bin`` of env steps (monitor CSVs) and train.py's
+    periodic evaluations on each variant, per core: the mean over seeds and its 95 % bootstrap CI
+    across seeds (:mod:`rimrl.evaluation.curves`). Returns the JSON form, with the
+    :class:`~rimrl.evaluation.curves.Curve` objects under ``"objects"`` for :func:`plot_curves`."""
+    from rimrl.evaluation.curves import curve_edges, evaluation_curves, read_run_evaluations, training_curves
 
     edges = curve_edges(settings.n_timesteps, settings.bin_steps)
-    curves: dict[str, Any] = {}
-    for core in settings.cores:
-        members = [state for state in runs if state.core == core]
-        if not members:
-            continue
-        matrix = np.array([learning_curve(state.run_dir, edges) for state in members])
-        mean, low, high = [], [], []
-        for k in range(matrix.shape[1]):
-            values = matrix[:, k][np.isfinite(matrix[:, k])]
-            mean.append(float(values.mean()) if values.size else math.nan)
-            lo, hi = bootstrap_mean_interval(values, reps=settings.reps, seed=k) if values.size >= 2 else (math.nan,) * 2
-            low.append(lo)
-            high.append(hi)
-        curves[core] = {"seeds": [state.seed for state in members], "mean": mean, "ci_low": low, "ci_high": high,
-                        "per_seed": {str(state.seed): list(matrix[i]) for i, state in enumerate(members)}}
+    by_core = {core: {f"seed{s.seed}": s.run_dir for s in runs if s.core == core} for core in settings.cores}
+    training = training_curves({core: members for core, members in by_core.items() if members}, edges, reps=settings.reps)
+    readable = []
+    for state in runs:
+        try:
+            readable.append(read_run_evaluations(state.run_dir))
+        except EvaluationInputError:
+            continue  # a run without evaluations.npz has no evaluation curve; its training curve stays
+    evaluation = [c for c in evaluation_curves(readable, reps=settings.reps) if c.variant in settings.variants and len(c.steps)]
+    cores = {c.core: {"seeds": [s.seed for s in runs if s.core == c.core],
+                      **{k: v for k, v in c.as_dict().items() if k in ("mean", "ci_low", "ci_high", "per_seed")}}
+             for c in training}
+    per_variant: dict[str, Any] = {}
+    for c in evaluation:
+        per_variant.setdefault(c.variant, {})[c.core] = {k: v for k, v in c.as_dict().items() if k in
+                                                        ("steps", "n_seeds", "mean", "ci_low", "ci_high", "per_seed")}
     return {"bin_start": [int(e) for e in edges[:-1]], "bin_end": [int(e) for e in edges[1:]],
-            "bin_steps": settings.bin_steps, "cores": curves, "evaluation": evaluation_curves(settings, runs)}
-
-
-def evaluation_success(run_dir: Path, variant: str, trained: str) -> dict[int, float]:
-    """``{step: success rate}`` of train.py's periodic evaluations of one run on ``variant``
-    (``evaluations.npz`` for the training variant, ``evaluations_<variant>.npz`` for the others)."""
-    path = run_dir / (EVALUATIONS_FILE if variant == trained else variant_evaluations_file(variant))
-    if not path.is_file():
-        return {}
-    with np.load(path) as data:
-        if "successes" not in data:
-            return {}
-        return {int(step): float(np.nanmean(row)) for step, row in zip(data["timesteps"], data["successes"], strict=True)}
-
-
-def evaluation_curves(settings: StudySettings, runs: Sequence[RunState]) -> dict[str, Any]:
-    """Per variant and core: success of the periodic evaluations during training (train.py
-    ``--eval-variants``) at the steps every seed evaluated, mean over seeds and 95 % bootstrap CI."""
-    from rimrl.evaluation.stats import bootstrap_mean_interval
-
-    out: dict[str, Any] = {}
-    for variant in settings.variants:
-        per_core: dict[str, Any] = {}
-        for core in settings.cores:
-            members = [state for state in runs if state.core == core]
-            series = [evaluation_success(state.run_dir, variant, "train") for state in members]
-            if not members or not all(series):
-                continue
-            steps = sorted(set.intersection(*(set(points) for points in series)))
-            matrix = np.array([[points[step] for step in steps] for points in series])
-            intervals = [bootstrap_mean_interval(matrix[:, k], reps=settings.reps, seed=k) if len(members) >= 2
-                         else (math.nan, math.nan) for k in range(len(steps))]
-            per_core[core] = {"steps": steps, "mean": matrix.mean(axis=0).tolist(),
-                              "ci_low": [lo for lo, _ in intervals], "ci_high": [hi for _, hi in intervals],
-                              "per_seed": {str(state.seed): matrix[i].tolist() for i, state in enumerate(members)}}
-        if per_core:
-            out[variant] = per_core
-    return out
+            "bin_steps": settings.bin_steps, "cores": cores, "evaluation": per_variant,
+            "objects": [*training, *evaluation]}
 
 
 # ==============================================================================================
@@ -764,40 +678,14 @@ def plot_success(settings: StudySettings, runs: Sequence[RunState], stats: Mappi
 
 
 def plot_curves(settings: StudySettings, runs: Sequence[RunState], curves: Mapping[str, Any], path: Path) -> Path:
-    """Success vs env steps per core, the mean over seeds and a 95 % CI band: the training episodes
-    (first panel), then train.py's periodic evaluations on each variant (one panel each)."""
-    import matplotlib
+    """Success vs env steps per core (:func:`rimrl.evaluation.curves.plot_curves`): the training
+    episodes (first panel), then train.py's periodic evaluations on each variant."""
+    from rimrl.evaluation.curves import curve_panels
+    from rimrl.evaluation.curves import plot_curves as draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rimrl.evaluation.plots import CORE_COLORS, save_figure
-
-    evaluation = curves.get("evaluation") or {}
-    panels = [("training episodes (monitor CSVs)", None), *((f"evaluation on {v}", v) for v in evaluation)]
-    end = int(curves["bin_end"][-1])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 0.5, 4.6), sharey=True, squeeze=False)
-    bin_centres = (np.array(curves["bin_start"]) + np.array(curves["bin_end"])) / 2
-    for ax, (title, variant) in zip(axes[0], panels, strict=True):
-        series = curves["cores"] if variant is None else evaluation[variant]
-        for core, curve in series.items():
-            color = CORE_COLORS.get(core, None)
-            steps = bin_centres if variant is None else np.array(curve["steps"], dtype=np.float64)
-            ax.plot(steps, np.array(curve["mean"], dtype=np.float64), color=color, ms=3,
-                    marker="o" if len(steps) <= 20 else None, label=f"{core} ({len(curve['per_seed'])} seeds)")
-            ax.fill_between(steps, np.array(curve["ci_low"], dtype=np.float64),
-                            np.array(curve["ci_high"], dtype=np.float64), color=color, alpha=0.2, lw=0)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("env steps")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlim(0, max(end, 1))
-        ax.grid(True, alpha=0.25)
-    axes[0][0].set_ylabel("success rate")
-    axes[0][0].legend(fontsize=8, loc="best")
-    fig.suptitle(_title(settings, runs, f"success vs env steps: mean over seeds, 95% bootstrap CI over seeds. Training "
-                                        f"episodes in bins of {settings.bin_steps:,} steps; evaluations: train.py's "
-                                        f"periodic sampled-action episodes per variant"), fontsize=7.5)
-    return save_figure(fig, path)
+    first = (f"success vs env steps. Training episodes in bins of {settings.bin_steps:,} steps; evaluations: "
+             f"train.py's periodic sampled-action episodes per variant")
+    return draw(curve_panels(curves["objects"]), path, _title(settings, runs, first))
 
 
 def write_outputs(settings: StudySettings, runs: Sequence[RunState], missing: Sequence[RunState],
@@ -815,7 +703,8 @@ def write_outputs(settings: StudySettings, runs: Sequence[RunState], missing: Se
                   "wall_time_s": s.metrics.get("wall_time_s")} for s in runs],
         "missing": [{"core": s.core, "seed": s.seed, "run_dir": str(s.run_dir), "status": s.status} for s in missing],
         "success": stats["success"], "probability_of_improvement": stats["probability_of_improvement"],
-        "evaluations": list(rows), "curves": curves,
+        "evaluations": list(rows),
+        "curves": {k: v for k, v in curves.items() if k != "objects"},
     }
     atomic_write_text(out / "results.json", json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n")
     plot_success(settings, runs, stats, out / "results.png")

@@ -249,3 +249,64 @@ def test_out_of_order_batches_are_put_in_env_order() -> None:
         obs, rewards, _, _ = venv.step(np.array(actions))
         assert [int(o[0, 0, 0]) for o in obs] == [0, 1, 2, 3]
         assert rewards.tolist() == actions
+
+
+# ----------------------------------------------------------------------------------------------
+# FIRE after a life loss (issue 15: a policy that never presses FIRE stalled Breakout to the cap)
+# ----------------------------------------------------------------------------------------------
+
+#: A short frame cap (1,250 agent steps): a stalled game reaches it, a game with FIRE after each
+#: life loss and a motionless paddle loses its 5 balls in about 120 steps.
+SHORT_CAP = 5_000
+
+
+def play_noop_games(venv: VecEnv, max_steps: int = 2 * SHORT_CAP // 4) -> list[tuple[int, bool]]:
+    """Play NOOP until every env finished a game; ``(length, truncated)`` of each env's first game."""
+    venv.reset()
+    ends: dict[int, tuple[int, bool]] = {}
+    for _ in range(max_steps):
+        _, _, dones, infos = venv.step(np.zeros(venv.num_envs, dtype=np.int64))  # NOOP is action 0
+        for i in np.flatnonzero(dones):
+            if "episode" in infos[i] and i not in ends:
+                ends[int(i)] = (int(infos[i]["episode"]["l"]), bool(infos[i]["TimeLimit.truncated"]))
+        if len(ends) == venv.num_envs:
+            break
+    venv.close()
+    return [ends[i] for i in sorted(ends)]
+
+
+@pytest.mark.parametrize("fire_on_life_loss", [False, True])
+def test_fire_on_life_loss_ends_a_game_the_policy_never_fires_in(fire_on_life_loss: bool) -> None:
+    venv = AleVecEnv("Breakout", n_envs=2, seed=0, max_frames_per_episode=SHORT_CAP, fire_on_life_loss=fire_on_life_loss)
+    games = play_noop_games(venv)
+    assert len(games) == 2
+    if fire_on_life_loss:  # all five balls served and lost: a game over long before the cap
+        assert all(not truncated and length < SHORT_CAP // 4 // 4 for length, truncated in games), games
+    else:  # ALE's use_fire_reset serves the first ball only: the game waits for FIRE until the cap
+        assert all(truncated and length == SHORT_CAP // 4 for length, truncated in games), games
+
+
+def test_fire_on_life_loss_leaves_the_callers_actions_alone() -> None:
+    venv = AleVecEnv("Breakout", n_envs=2, seed=0, fire_on_life_loss=True)
+    venv.reset()
+    actions = np.zeros(2, dtype=np.int32)
+    for _ in range(400):
+        venv.step(actions)
+    venv.close()
+    assert actions.tolist() == [0, 0]
+
+
+@needs_opencv
+def test_fire_on_life_loss_on_the_sb3_fallback() -> None:
+    venv = make_sb3_atari_vec_env("Breakout", n_envs=2, seed=0, max_frames_per_episode=SHORT_CAP,
+                                  fire_on_life_loss=True, vec_env_cls=DummyVecEnv)
+    games = play_noop_games(venv)
+    assert len(games) == 2 and all(not truncated for _, truncated in games), games
+
+
+def test_fire_on_life_loss_in_a_game_without_fire_changes_nothing() -> None:
+    venv = AleVecEnv("Freeway", n_envs=1, seed=0, fire_on_life_loss=True)  # actions: NOOP, UP, DOWN
+    assert "FIRE" not in venv.get_action_meanings() and venv._fire_action is None
+    record = run_random(venv, 20)
+    venv.close()
+    assert len(record["dones"]) == 20

@@ -163,7 +163,7 @@ def test_study_refuses_a_finished_run_with_another_budget(tmp_path: Path, capsys
 
 
 def test_study_learning_curve_bins_and_drops_replayed_steps(tmp_path: Path) -> None:
-    from benchmarks import study
+    from rimrl.evaluation.curves import curve_edges, training_success
 
     (tmp_path / "monitor").mkdir()
     # Session 0 ran to step 40 but was resumed from its checkpoint at step 30: its last episode is dropped.
@@ -172,8 +172,8 @@ def test_study_learning_curve_bins_and_drops_replayed_steps(tmp_path: Path) -> N
     (tmp_path / "monitor" / "session0.monitor.csv").write_text(
         header + "1,10,0,True\n0,10,0,False\n1,10,0,True\n1,10,0,True\n")
     (tmp_path / "monitor" / "session1.monitor.csv").write_text(header + "0,5,0,False\n1,25,0,True\n")
-    edges = study.curve_edges(50, 20)
+    edges = curve_edges(50, 20)
     assert edges.tolist() == [0, 20, 40, 50]
-    curve = study.learning_curve(tmp_path, edges)
+    curve = training_success(tmp_path, edges)
     # ends: 10 (1), 20 (0) | 30 (1), 35 (0) | 60 -> clipped to 50 (1); the session-0 episode ending at 40 is dropped
     assert curve.tolist() == [0.5, 0.5, 1.0]

@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -264,3 +265,109 @@ def test_atari_full_games_and_compare(tmp_path: Path) -> None:
     assert [(c["game"], c["challenger"], c["baseline"]) for c in comparison] == [("ALE/Breakout-v5", "rim", "lstm")]
     with Image.open(out / "atari_compare.png") as image:
         image.verify()
+
+
+# ----------------------------------------------------------------------------------------------
+# One evaluation protocol (issue 15): the action mode, Atari games that cannot stall, progress
+# ----------------------------------------------------------------------------------------------
+
+
+def _quick(paths: list[Path], **options: object) -> EvaluationOptions:
+    settings: dict = {"variants": ["train"], "episodes": 2, "n_envs": 1, "env_kwargs": {"max_steps": 4}, **options}
+    return EvaluationOptions(paths=paths, **settings)
+
+
+def _with_mode(run: Path, tmp_path: Path, eval_deterministic: bool) -> Path:
+    """A copy of ``run`` whose config.yml records its training-time evaluation mode."""
+    copy = tmp_path / f"greedy{eval_deterministic}" / run.name
+    copy.mkdir(parents=True)
+    for path in run.iterdir():  # the model and its weights-only files
+        if path.is_file():
+            (copy / path.name).write_bytes(path.read_bytes())
+    config = yaml.safe_load((run / "config.yml").read_text())
+    (copy / "config.yml").write_text(yaml.safe_dump({**config, "eval_deterministic": eval_deterministic}))
+    return copy
+
+
+def test_default_action_mode_is_the_runs_training_time_one(runs: dict[str, Path], tmp_path: Path) -> None:
+    # No eval_deterministic in config.yml: the env's default, sampled for a rimrl suite (was greedy).
+    report = evaluate(_quick([runs["lstm-seed0"]]))
+    assert report.settings["deterministic"] is False and all(row.deterministic is False for row in report.rows)
+    # The run's own training-time mode wins over the env's default, per model.
+    greedy = _with_mode(runs["lstm-seed1"], tmp_path, True)
+    report = evaluate(_quick([runs["lstm-seed0"], greedy]))
+    assert [row.deterministic for row in report.rows] == [False, True]
+    assert report.settings["deterministic"] == "per model" and any("action modes differ" in n for n in report.notes)
+    # A flag decides for every model.
+    for flag in (True, False):
+        report = evaluate(_quick([runs["lstm-seed0"], greedy], deterministic=flag))
+        assert report.settings["deterministic"] is flag and all(row.deterministic is flag for row in report.rows)
+
+
+def test_action_mode_rule() -> None:
+    from rimrl.envs import default_deterministic
+    from rimrl.evaluation.pipeline import action_mode
+    from rimrl.evaluation.sources import ModelSource
+
+    for env_id in (TRAIN_ENV, "MiniGrid-Empty-5x5-v0", "BabyAI-GoToLocal-v0", "Breakout", "ALE/Pong-v5"):
+        assert default_deterministic(env_id) is False, env_id
+    assert default_deterministic("CartPole-v1") is True
+    source = ModelSource(path=Path("m.zip"), run_dir=None, env_id="Breakout", core="rim", seed=0)
+    assert action_mode(source) is False and action_mode(source, True) is True
+    source.eval_deterministic = True
+    assert action_mode(source) is True and action_mode(source, False) is False
+
+
+def test_mode_flags_exclude_each_other(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert "not allowed with" in _error_of([str(runs["rim-seed0"]), "--deterministic", "--stochastic"], capsys)
+
+
+def test_progress_reports_every_episode(runs: dict[str, Path]) -> None:
+    calls: list[tuple[str, int, int]] = []
+    evaluate(_quick([runs["rim-seed0"]], variants=["train", "novel"], episodes=3),
+             progress=lambda what, done, total: calls.append((what, done, total)))
+    assert [(done, total) for _, done, total in calls] == [(0, 3), (1, 3), (2, 3), (3, 3)] * 2
+    assert [what for what, _, _ in calls[::4]] == ["rim-seed0: train (rimrl/Pickup-Train-v0)",
+                                                   "rim-seed0: novel (rimrl/Pickup-Novel-v0)"]
+
+
+def test_a_terminal_gets_a_progress_bar_and_a_pipe_does_not(
+    runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    import rimrl.cli.evaluate as cli
+
+    argv = [str(runs["rim-seed0"]), "--variants", "train", "--episodes", "3", "--n-envs", "1", *SHORT]
+    assert main(argv) == 0
+    assert "3/3" not in capsys.readouterr().out  # captured stdout is not a terminal: no bar
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "Console", lambda **kwargs: Console(file=screen, force_terminal=True, width=150, color_system=None))
+    assert main(argv) == 0
+    assert "3/3 episodes" in screen.getvalue()
+    screen.truncate(0)
+    assert main([*argv, "--quiet"]) == 0
+    assert "3/3" not in screen.getvalue()
+
+
+class _Noop:
+    """A "policy" that never presses FIRE: always action 0 (NOOP)."""
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=False):  # noqa: ANN001, ANN201
+        return np.zeros(len(obs), dtype=np.int64), state
+
+
+def test_atari_evaluation_cannot_stall_on_a_policy_that_never_fires() -> None:
+    from rimrl.evaluation.environments import ATARI_FRAME_CAP, eval_env_kwargs, make_eval_env
+
+    kwargs = eval_env_kwargs("Breakout", None, {"max_frames_per_episode": 20_000})
+    assert kwargs["fire_on_life_loss"] is True and eval_env_kwargs("Breakout")["max_frames_per_episode"] == ATARI_FRAME_CAP
+    venv = make_eval_env("Breakout", 2, 0, kwargs)
+    try:
+        records = run_episodes(_Noop(), venv, 2, seed=0)
+    finally:
+        venv.close()
+    # Five served and lost balls take ~120 steps; a game waiting for FIRE ran to the cap (5,000 steps).
+    assert all(record.length < 1000 for record in records), records

@@ -27,3 +27,20 @@ def test_tiny_breakout_run_with_rim(tmp_path: Path) -> None:
     assert model.num_timesteps == 256 and model.observation_space.shape == (1, 84, 84)
     rows = (run / "monitor" / "session0.monitor.csv").read_text().splitlines()
     assert rows[1] == "r,l,t"
+
+
+def test_training_time_evaluation_plays_as_evaluate_py(tmp_path: Path) -> None:
+    """Issue 15: the evaluation that picks best_model.zip samples on Atari and presses FIRE after a
+    life loss, even when training itself uses episodic life."""
+    from rimrl.cli.train import build_parser, build_trials, make_eval_env, resolve_trial
+
+    argv = ["--env", "Breakout", "--core", "lstm", "-f", str(tmp_path), "-q", "--env-kwargs", "episodic_life=true"]
+    (options,) = build_trials(build_parser().parse_args(argv), argv)
+    trial = resolve_trial(options)
+    assert trial.options.eval_deterministic is False
+    venv = make_eval_env(trial)
+    try:
+        assert venv._fire_action == venv.get_action_meanings().index("FIRE")
+        assert venv.episodic_life is False and venv.clip_reward is False
+    finally:
+        venv.close()

@@ -107,6 +107,81 @@ def test_eval_variants_are_evaluated_logged_and_kept_apart_from_best_model(tmp_p
         events.Tags()["scalars"])
 
 
+def test_tensorboard_eval_points_land_at_the_evaluation_step(tmp_path: Path) -> None:
+    """Issue 15: eval/* used to reach TensorBoard one rollout late (evaluations.npz at 128, TB at
+    192) and the final update's train/* values were written a second time at the last step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert main(["--core", "lstm", "-f", str(tmp_path), *TINY]) == 0
+    run = run_dir(tmp_path, "lstm")
+    events = EventAccumulator(str(next((run / "tb").rglob("events.out.tfevents.*"))))
+    events.Reload()
+    steps = {tag: [event.step for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    evaluated = np.load(run / "evaluations.npz")["timesteps"].tolist()
+    assert evaluated == [128, 256]
+    for tag in ("eval/success_rate", "eval/mean_reward", "eval/mean_ep_length"):
+        assert steps[tag] == evaluated, tag
+    # SB3's own points are where they were: rollout/* at every rollout, train/* at the rollout after
+    # the update, and no tag has two points at one step.
+    assert steps["rollout/ep_rew_mean"] == steps["time/fps"] == [64, 128, 192, 256]
+    assert steps["train/loss"] == [128, 192, 256]
+    for tag, points in steps.items():
+        assert points == sorted(set(points)), tag
+
+
+def _resolved_mode(argv: list[str], tmp_path: Path) -> bool | None:
+    """The training-time evaluation mode resolve_trial settles on for ``argv``."""
+    from rimrl.cli.train import build_parser, build_trials, resolve_trial
+
+    full = ["-f", str(tmp_path), "-q", *argv]
+    (trial,) = build_trials(build_parser().parse_args(full), full)
+    return resolve_trial(trial).options.eval_deterministic
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], False),  # a rimrl suite: sampled
+        (["--env", "MiniGrid-Empty-5x5-v0"], False),
+        (["--env", "Breakout"], False),
+        (["--deterministic"], True),
+        (["--deterministic-eval"], True),  # the old spelling still works
+        (["--env", "Breakout", "--deterministic"], True),
+        (["--stochastic"], False),
+    ],
+)
+def test_eval_action_mode_follows_the_env_family_unless_a_flag_says(
+    argv: list[str], expected: bool, tmp_path: Path
+) -> None:
+    assert _resolved_mode(argv, tmp_path) is expected
+
+
+def test_eval_action_mode_flags_exclude_each_other(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    expect_usage_error(["-f", str(tmp_path), "--deterministic", "--stochastic"], capsys, "not allowed with")
+
+
+def test_resume_keeps_the_runs_eval_action_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = run_dir(tmp_path, "rim")
+    run.mkdir(parents=True)
+    (run / CONFIG_FILE).write_text(yaml.safe_dump({"env": ENV, "core": "rim", "seed": 0, "eval_deterministic": True}))
+    assert _resolved_mode(["--resume"], tmp_path) is True  # not the family's default (sampled)
+    capsys.readouterr()
+    from rimrl.cli.train import build_parser, build_trials, resolve_trial
+
+    argv = ["-f", str(tmp_path), "--resume", "--stochastic"]
+    (trial,) = build_trials(build_parser().parse_args(argv), argv)
+    notes: list[str] = []
+    assert resolve_trial(trial, say=notes.append).options.eval_deterministic is True
+    assert any("keeps the run's eval_deterministic=True" in note for note in notes), notes
+
+
+def test_the_resolved_eval_action_mode_is_recorded(tmp_path: Path) -> None:
+    assert main(["--core", "gru", "-f", str(tmp_path), *TINY, "-n", "64", "--eval-freq", "0"]) == 0
+    run = run_dir(tmp_path, "gru")
+    assert yaml.safe_load((run / CONFIG_FILE).read_text())["eval_deterministic"] is False
+    assert json.loads((run / "final_metrics.json").read_text())["deterministic"] is False
+
+
 def test_config_file_reproduces_a_run_and_flags_override_it(tmp_path: Path) -> None:
     assert main(["--core", "gru", "-f", str(tmp_path / "a"), *TINY, "policy_kwargs.core_input_projection=16"]) == 0
     first = yaml.safe_load((run_dir(tmp_path / "a", "gru") / CONFIG_FILE).read_text())

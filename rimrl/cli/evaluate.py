@@ -8,6 +8,7 @@ variant, ...) ends with one ``error: ...`` line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from rimrl.cli.common import ArgumentParser, CLIError, main_guard, parse_key_values
 
@@ -25,6 +27,7 @@ EXAMPLES = """examples:
   evaluate.py runs/rimrl-Pickup-Train-v0/*/seed* --out eval/pickup --plot
   evaluate.py model.zip --env rimrl/Pickup-Train-v0 --variants train novel --gif 2 --activations --out eval/x
   evaluate.py runs/ALE-*/{rim,lstm}/seed* --episodes 10 --compare --out eval/atari
+  evaluate.py runs/rimrl-Pickup-Train-v0/*/seed* --curves --out eval/curves
 """
 
 
@@ -54,8 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--episodes", type=int, default=100, help="episodes per variant per model (default: 100)")
     parser.add_argument("--seed", type=int, default=1000, help="evaluation seed: env i starts at seed+i (default: 1000)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=True, help="greedy actions (default)")
-    mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions from the policy")
+    mode.add_argument("--deterministic", dest="deterministic", action="store_const", const=True, default=None,
+                      help="greedy actions (default: the mode of each run's training-time evaluation, from its "
+                      "config.yml; else sampled for MiniGrid/BabyAI/rimrl suites and Atari, greedy otherwise)")
+    mode.add_argument("--stochastic", dest="deterministic", action="store_const", const=False,
+                      help="actions sampled from the policy")
     parser.add_argument("--n-envs", type=int, default=8, help="parallel envs per variant (default: 8)")
     parser.add_argument("--out", metavar="DIR", help="write results.csv/json/md, episodes.csv and the figures here")
     parser.add_argument("--plot", action="store_true", help="write results.png: per variant, one bar per core, 95%% CIs")
@@ -64,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare", action="store_true", help="Atari: per-game table and bar plot of --challenger over --baseline")
     parser.add_argument("--challenger", default="rim", help="core compared by --compare (default: rim)")
     parser.add_argument("--baseline", default="lstm", help="baseline core of --compare (default: lstm)")
+    parser.add_argument("--curves", action="store_true",
+                        help="learning curves only (no model is loaded): success/return vs env steps per core and "
+                        "variant from the runs' evaluations*.npz, mean and 95%% CI across seeds; with --out: "
+                        "curves.png and curves.csv")
     parser.add_argument("--best", action="store_true", help="evaluate best_model.zip of run directories instead of model.zip")
     parser.add_argument(
         "--env-kwarg",
@@ -98,6 +108,28 @@ def _warning_printer(fallback: Callable[..., None]) -> Callable[..., None]:
     return show
 
 
+class _EpisodeBar:
+    """A rich progress bar per model x variant (episodes done / total), fed by
+    :func:`rimrl.evaluation.evaluate`'s ``progress`` callback."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("episodes"), TimeElapsedColumn(), console=console)
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if what not in self.tasks:
+            self.tasks[what] = self.progress.add_task(what, total=total)
+        self.progress.update(self.tasks[what], completed=done)
+
+    def __enter__(self) -> _EpisodeBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from rimrl.agents import AgentLoadError
     from rimrl.evaluation import EvaluationInputError
@@ -116,6 +148,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from rimrl.evaluation.report import aggregates_table, comparison_table, results_table
 
     args = build_parser().parse_args(argv)
+    if args.curves:
+        return _curves(args)
     options = EvaluationOptions(
         paths=args.paths,
         env=args.env,
@@ -139,10 +173,12 @@ def _main(argv: Sequence[str] | None) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # piped/logged output: never wrap table cells at 80 columns
-    log = None if args.quiet else (lambda message: console.print(f"[dim]evaluating {message}[/dim]"))
-    with warnings.catch_warnings():
+    log = None if args.quiet else (lambda message: console.print(f"evaluating {message}", style="dim", markup=False))
+    # A live bar only on a terminal: in a log file its redraws would be noise.
+    bar = _EpisodeBar(console) if console.is_terminal and not args.quiet else None
+    with warnings.catch_warnings(), (bar or contextlib.nullcontext()):
         warnings.showwarning = _warning_printer(warnings.showwarning)  # restored on exit
-        report = evaluate(options, log=log)
+        report = evaluate(options, log=log, progress=bar)
     console.print(results_table(report.rows))
     if report.aggregates:
         console.print(aggregates_table(report.aggregates))
@@ -156,6 +192,44 @@ def _main(argv: Sequence[str] | None) -> int:
     if report.files and not args.quiet:
         console.print(f"wrote {len(report.files)} files to {args.out}")
     return 0
+
+
+#: Flags of the model evaluation, which --curves (reading evaluations*.npz only) does not run.
+_NOT_WITH_CURVES = ("env", "variants", "plot", "gif", "activations", "compare", "best", "env_kwarg")
+
+
+def _curves(args: argparse.Namespace) -> int:
+    """``--curves``: learning curves from the runs' evaluation files; nothing is evaluated."""
+    from rimrl.evaluation.curves import learning_curves
+
+    given = [name for name in _NOT_WITH_CURVES if getattr(args, name)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise CLIError(f"--curves only reads the runs' evaluation files; run {flags} without --curves")
+    report = learning_curves(args.paths, out=args.out)
+    console = Console(width=None if Console().is_terminal else 200)
+    console.print(_curves_table(report.curves))
+    for note in report.notes:
+        console.print(f"note: {note}")
+    if report.files and not args.quiet:
+        console.print(f"wrote {', '.join(path.name for path in report.files)} to {args.out}")
+    return 0
+
+
+def _curves_table(curves: Sequence[Any]) -> Any:
+    """The last point of each curve: core, variant, step, seeds, mean [95% CI]."""
+    from rich.table import Table
+
+    table = Table(title="learning curves: last common evaluation (mean over seeds, 95% CI across seeds)")
+    for column in ("core", "variant", "step", "seeds", "metric", "mean [95% CI]"):
+        table.add_column(column)
+    for c in curves:
+        if not len(c.steps):
+            continue
+        low, high = c.ci_low[-1], c.ci_high[-1]
+        interval = f" [{low:.3g}, {high:.3g}]" if low == low and high == high else ""  # NaN: one seed
+        table.add_row(c.core, c.variant, f"{int(c.steps[-1]):,}", str(c.n_seeds), c.metric, f"{c.mean[-1]:.3g}{interval}")
+    return table
 
 
 if __name__ == "__main__":

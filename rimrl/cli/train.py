@@ -122,7 +122,7 @@ DEFAULTS: dict[str, Any] = {
     "tensorboard": None,  # <run dir>/tb
     "eval_freq": 25_000,
     "eval_episodes": 20,
-    "eval_deterministic": False,
+    "eval_deterministic": None,  # the env family's (rimrl.envs.default_deterministic)
     "eval_variants": [],
     "save_freq": 25_000,
     "keep_checkpoints": 5,
@@ -179,7 +179,8 @@ class TrainOptions:
     tensorboard: str | None = None
     eval_freq: int = DEFAULTS["eval_freq"]
     eval_episodes: int = DEFAULTS["eval_episodes"]
-    eval_deterministic: bool = DEFAULTS["eval_deterministic"]
+    #: None until :func:`resolve_trial` sets the env family's default (a bool from then on).
+    eval_deterministic: bool | None = DEFAULTS["eval_deterministic"]
     eval_variants: list[str] = field(default_factory=list)
     save_freq: int = DEFAULTS["save_freq"]
     keep_checkpoints: int = DEFAULTS["keep_checkpoints"]
@@ -282,8 +283,12 @@ def build_parser() -> ArgumentParser:
                      help=f"evaluate every STEPS env steps, 0 = only at the end [default: {DEFAULTS['eval_freq']:_}]")
     out.add_argument("--eval-episodes", type=_int_arg, metavar="N",
                      help=f"episodes per evaluation [default: {DEFAULTS['eval_episodes']}]")
-    out.add_argument("--deterministic-eval", dest="eval_deterministic", action="store_const", const=True,
-                     default=None, help="evaluate with the greedy action [default: sampled actions]")
+    mode = out.add_mutually_exclusive_group()
+    mode.add_argument("--deterministic", "--deterministic-eval", dest="eval_deterministic", action="store_const",
+                      const=True, default=None, help="evaluate (and pick best_model.zip) with greedy actions "
+                      "[default: sampled for MiniGrid/BabyAI/rimrl suites and Atari, greedy otherwise]")
+    mode.add_argument("--stochastic", dest="eval_deterministic", action="store_const", const=False,
+                      help="evaluate with actions sampled from the policy")
     out.add_argument("--eval-variants", nargs="+", metavar="VARIANT",
                      help="also evaluate, at every evaluation, on these variants of the training env's "
                      "distractor suite (more novel more+novel, or all): evaluations_<variant>.npz and "
@@ -351,8 +356,10 @@ def _validate_settings(settings: dict[str, Any]) -> None:
     for name, minimum in (("eval_freq", 0), ("eval_episodes", 1), ("save_freq", 0), ("keep_checkpoints", 0),
                           ("threads", 1)):
         _check_int(name, settings[name], minimum)
-    if not isinstance(settings["eval_deterministic"], bool):  # "false" in YAML is a string: truthy
-        raise CLIError(f"eval_deterministic must be true or false (a YAML boolean), got "
+    mode = settings["eval_deterministic"]
+    if mode is not None and not isinstance(mode, bool):  # "false" in YAML is a string: truthy
+        raise CLIError(f"eval_deterministic must be true or false (a YAML boolean), or null for the env's "
+                       f"default, got "
                        f"{settings['eval_deterministic']!r}")
     for name in ("log_folder", "preset", "tensorboard"):
         if settings[name] is not None and not isinstance(settings[name], str):
@@ -598,8 +605,9 @@ def _resume_settings(options: TrainOptions, saved: Mapping[str, Any], say: Any) 
     for key in _RESUME_KEPT:
         if key not in saved:
             continue
-        if key in options.explicit and getattr(options, key) != saved[key]:
-            say(f"note: --resume keeps the run's {key}={saved[key]!r} (ignoring {getattr(options, key)!r})")
+        given = getattr(options, key)
+        if key in options.explicit and given is not None and given != saved[key]:  # None: "the default"
+            say(f"note: --resume keeps the run's {key}={saved[key]!r} (ignoring {given!r})")
         setattr(updated, key, saved[key])
     if "hyperparams" in options.explicit:
         say("note: --resume keeps the run's saved hyperparameters (ignoring --hyperparams / --config ones)")
@@ -658,6 +666,10 @@ def resolve_trial(options: TrainOptions, say: Any = None) -> ResolvedTrial:
     check_hyperparam_ranges(params)
     n_envs = int(params.pop("n_envs", 8))
 
+    if options.eval_deterministic is None:  # no flag, no --config value, not kept from a resumed run
+        from rimrl.envs import default_deterministic
+
+        options = dataclasses.replace(options, eval_deterministic=default_deterministic(options.env))
     vec_env = options.vec_env or ("ale" if family == "atari" else "dummy")
     if vec_env == "ale" and family != "atari":
         raise CLIError(f"--vec-env ale is only for Atari games, not {options.env!r}; use dummy or subproc")
@@ -729,15 +741,21 @@ def resolve_eval_variants(env_id: str, variants: Sequence[str]) -> dict[str, str
 
 
 def make_eval_env(trial: ResolvedTrial, env_id: str | None = None) -> Any:
-    """An evaluation ``VecEnv`` (the train variant, or ``env_id``): at most ``eval_episodes`` envs, in-process."""
+    """An evaluation ``VecEnv`` (the train variant, or ``env_id``): at most ``eval_episodes`` envs, in-process.
+
+    Built with evaluate.py's env arguments (:func:`rimrl.evaluation.environments.eval_env_kwargs`),
+    so the episodes that pick ``best_model.zip`` are played as evaluate.py plays them (Atari:
+    whole games, FIRE after a life loss, the same frame cap).
+    """
     from rimrl.envs import make_env
+    from rimrl.evaluation.environments import eval_env_kwargs
 
     env_id = trial.options.env if env_id is None else env_id
     n_envs = max(1, min(trial.options.eval_episodes, trial.n_envs))
     vec_env = "ale" if trial.vec_env == "ale" else "dummy"
+    kwargs = eval_env_kwargs(env_id, None, trial.options.env_kwargs)
     try:
-        return make_env(env_id, n_envs=n_envs, seed=trial.options.seed + EVAL_SEED_OFFSET,
-                        vec_env=vec_env, **trial.options.env_kwargs)
+        return make_env(env_id, n_envs=n_envs, seed=trial.options.seed + EVAL_SEED_OFFSET, vec_env=vec_env, **kwargs)
     except Exception as error:
         raise CLIError(f"cannot make the evaluation env {env_id!r}: {type(error).__name__} {one_line(error)}".rstrip()) from None
 
@@ -768,6 +786,27 @@ def _fmt_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
+def _write_scalars_at(logger: Any, scalars: Mapping[str, float], step: int) -> None:
+    """Write ``scalars`` through the SB3 ``logger``'s writers (TensorBoard, ...) at ``step`` now.
+
+    An evaluation runs between rollouts; recorded the usual way, its values would wait for SB3's
+    next dump, one rollout later (``evaluations.npz`` at 1024, TensorBoard at 2048). SB3's
+    ``EvalCallback`` calls ``logger.dump(step)`` instead, but that would also flush the last
+    update's pending ``train/*`` values at this step rather than at the next rollout's, so the
+    ``train/*`` curves would change their step convention at every evaluation. Writing only these
+    keys leaves the pending values to SB3's own dump.
+    """
+    from stable_baselines3.common.logger import KVWriter
+
+    if not scalars:
+        return
+    values = dict(scalars)
+    excluded: dict[str, tuple[str, ...] | None] = {key: None for key in values}
+    for writer in logger.output_formats:
+        if isinstance(writer, KVWriter):
+            writer.write(values, excluded, step)
 
 
 def _logger_of(model: Any) -> Any:
@@ -934,23 +973,22 @@ class Trainer:
         is_best = self.history.add(steps, result)
         if is_best and params_finite(model):
             save_model_atomic(model, self.run_dir / BEST_MODEL_FILE)
-        logger = _logger_of(model)
-        if logger is not None:
-            logger.record("eval/mean_reward", result.mean_return)
-            logger.record("eval/mean_ep_length", float(np.mean(result.lengths)))
-            if result.success_rate is not None:
-                logger.record("eval/success_rate", result.success_rate)
+        scalars = {"eval/mean_reward": result.mean_return, "eval/mean_ep_length": float(np.mean(result.lengths))}
+        if result.success_rate is not None:
+            scalars["eval/success_rate"] = result.success_rate
         self.say(f"eval @ {steps:,}: {result.summary()}{' [new best]' if is_best else ''}")
         for variant, (env, history) in self.variant_evals.items():
             # Recorded only: the best model is chosen on the train variant alone.
             other = evaluate_recurrent(model, env, options.eval_episodes, deterministic=options.eval_deterministic,
                                        seed=options.seed + EVAL_SEED_OFFSET)
             history.add(steps, other)
-            if logger is not None:
-                logger.record(f"eval_{variant}/mean_reward", other.mean_return)
-                if other.success_rate is not None:
-                    logger.record(f"eval_{variant}/success_rate", other.success_rate)
+            scalars[f"eval_{variant}/mean_reward"] = other.mean_return
+            if other.success_rate is not None:
+                scalars[f"eval_{variant}/success_rate"] = other.success_rate
             self.say(f"eval @ {steps:,} [{variant}]: {other.summary()}")
+        logger = _logger_of(model)
+        if logger is not None:
+            _write_scalars_at(logger, scalars, steps)
         return result
 
     # --- setup -----------------------------------------------------------------------------------
@@ -1156,9 +1194,10 @@ class Trainer:
         if self.last_checkpoint is None or self._steps_of(self.last_checkpoint) != model.num_timesteps:
             self.checkpoint(model)
         save_model_atomic(model, self.run_dir / MODEL_FILE)
+        # Written at its step by evaluate(). The last update's train/* values stay unwritten, as in
+        # SB3: dumping them here would put a second point at the step where the previous update's
+        # values already are.
         final = self.evaluate(model, int(model.num_timesteps))
-        if _logger_of(model) is not None:
-            model.logger.dump(int(model.num_timesteps))
         wall = time.time() - started
         metrics = self._write_metrics(model, final, wall, start_steps)
         rate = (model.num_timesteps - start_steps) / max(wall, 1e-9)

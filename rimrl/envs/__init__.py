@@ -11,7 +11,14 @@ from rimrl.envs.atari import (
     make_sb3_atari_vec_env,
     resolve_atari_game,
 )
-from rimrl.envs.factory import env_family, is_atari, is_minigrid, make_env, make_minigrid_env
+from rimrl.envs.factory import (
+    default_deterministic,
+    env_family,
+    is_atari,
+    is_minigrid,
+    make_env,
+    make_minigrid_env,
+)
 from rimrl.envs.oracle import plan_path_to_face, plan_pickup, run_oracle_episode
 from rimrl.envs.pickup import RED_BALL, ObjectDesc, PickupEnv
 from rimrl.envs.variants import (
@@ -42,6 +49,7 @@ __all__ = [
     "SuccessInfoWrapper",
     "VariantSpec",
     "atari_gym_id",
+    "default_deterministic",
     "env_family",
     "grid_dict_space",
     "is_atari",

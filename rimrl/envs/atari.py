@@ -15,7 +15,12 @@ SB3 expects on top:
 - optional episodic life (``episodic_life=True``): a life loss is reported as a done (so value
   targets stop there) but the game goes on; ALE's own ``episodic_life`` option would restart the
   whole game at each life loss, so the adapter derives life losses from ``info["lives"]`` instead;
-- seeding via ``seed()`` / the constructor's ``seed``: env ``i`` gets ``seed + i`` at the next reset.
+- seeding via ``seed()`` / the constructor's ``seed``: env ``i`` gets ``seed + i`` at the next reset;
+- optional FIRE after a life loss (``fire_on_life_loss=True``, for evaluation on whole games): in
+  games such as Breakout a new life waits for FIRE, and a greedy policy that never presses it
+  would play on to the frame cap. The step after a life loss presses FIRE in place of the
+  agent's action, what SB3's ``FireResetEnv`` does at the reset that follows a life loss under
+  episodic life. ALE's ``use_fire_reset`` presses FIRE only when a game starts.
 
 Fallback path: :func:`make_sb3_atari_vec_env` (SB3 ``make_atari_env`` with ``SubprocVecEnv``),
 with the same observation layout ``(frame_stack, 84, 84)`` uint8.
@@ -36,7 +41,8 @@ import numpy as np
 from ale_py import roms
 from ale_py.vector_env import AtariVectorEnv
 from gymnasium import spaces
-from stable_baselines3.common.env_util import make_atari_env
+from stable_baselines3.common.atari_wrappers import AtariWrapper
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import (
     DummyVecEnv,
     SubprocVecEnv,
@@ -152,6 +158,8 @@ class AleVecEnv(VecEnv):
         max_frames_per_episode: emulator frames before truncation (108k = 30 minutes).
         full_action_space: use all 18 actions instead of the game's minimal set.
         use_fire_reset: press FIRE after each reset in games that need it.
+        fire_on_life_loss: press FIRE (instead of the agent's action) at the step after a life is
+            lost, in games that have FIRE; meant for evaluation on whole games.
         num_threads: worker threads (0: one per env, capped at the CPU count).
     """
 
@@ -169,6 +177,7 @@ class AleVecEnv(VecEnv):
         max_frames_per_episode: int = 108_000,
         full_action_space: bool = False,
         use_fire_reset: bool = True,
+        fire_on_life_loss: bool = False,
         num_threads: int = 0,
     ) -> None:
         self.game = resolve_atari_game(game)
@@ -225,6 +234,10 @@ class AleVecEnv(VecEnv):
         self._received_env_ids: np.ndarray | None = None
         self._env_ids_in_order = np.arange(n_envs, dtype=np.int32).tobytes()
         self._paddle_strength = np.ones(n_envs, dtype=np.float32)  # full strength (paddle games)
+        meanings = self.get_action_meanings()
+        # FIRE's index in this action set; None where the game has no FIRE (nothing to press).
+        self._fire_action = meanings.index("FIRE") if fire_on_life_loss and "FIRE" in meanings else None
+        self._fire_next: np.ndarray | None = None  # envs whose next action is FIRE (lost a life)
         if seed is not None:
             self.seed(seed)
 
@@ -237,6 +250,7 @@ class AleVecEnv(VecEnv):
         obs, info = self._require_ale().reset(seed=seeds)
         obs, info = self._in_env_order(obs, info)
         self._lives = np.array(info["lives"], dtype=np.int32)
+        self._fire_next = None
         self._episode_return[:] = 0.0
         self._steps_since_reset = 0
         self._episode_first_step = [0] * self.num_envs
@@ -257,6 +271,9 @@ class AleVecEnv(VecEnv):
             actions = actions.reshape(self.num_envs)
         if actions.dtype != np.int32:
             actions = actions.astype(np.int32)
+        if self._fire_next is not None:  # a new array: the caller's actions stay as they were
+            actions = np.where(self._fire_next, np.int32(self._fire_action), actions).astype(np.int32)
+            self._fire_next = None
         if self._received_env_ids is not None:
             actions = actions[self._received_env_ids]
         # ale-py's C++ vector env directly: its Python send() re-checks the actions and builds
@@ -273,10 +290,16 @@ class AleVecEnv(VecEnv):
         rewards = np.sign(raw_rewards, dtype=np.float32) if self.clip_reward else raw_rewards.astype(np.float32)
         game_over = terminated | truncated  # ALE has already reset these games (same-step mode)
         dones = game_over
-        if self.episodic_life:
+        if self.episodic_life or self._fire_action is not None:
             lives = np.asarray(info["lives"], dtype=np.int32)
-            dones = game_over | (lives < self._lives)
+            lost = lives < self._lives
             self._lives = lives
+            if self.episodic_life:
+                dones = game_over | lost
+            if self._fire_action is not None:
+                lost &= ~game_over  # a new game starts with ALE's own FIRE (use_fire_reset)
+                if lost.any():
+                    self._fire_next = lost
 
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         for i in dones.nonzero()[0].tolist():
@@ -380,6 +403,47 @@ def make_atari_vec_env(
     )
 
 
+class FireOnLifeLoss(gym.Wrapper):
+    """Press FIRE, in place of the agent's action, at the step after a life is lost.
+
+    The Python counterpart of :class:`AleVecEnv`'s ``fire_on_life_loss`` for the SB3 fallback
+    path: outside episodic life, SB3's ``FireResetEnv`` presses FIRE only when a game starts, so a
+    policy that never presses it stalls at the second life of Breakout until the frame cap.
+    Games without FIRE pass through unchanged.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        meanings = env.unwrapped.get_action_meanings()
+        self._fire_action = meanings.index("FIRE") if "FIRE" in meanings else None
+        self._lives = 0
+        self._fire_next = False
+
+    def _ale_lives(self) -> int:
+        return int(self.env.unwrapped.ale.lives())
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        self._lives, self._fire_next = self._ale_lives(), False
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        if self._fire_next and self._fire_action is not None:
+            action = self._fire_action
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = self._ale_lives()
+        self._fire_next = lives < self._lives and not (terminated or truncated)
+        self._lives = lives
+        return obs, reward, terminated, truncated, info
+
+
+def _atari_wrapper(env: gym.Env, fire_on_life_loss: bool = False, **wrapper_kwargs: Any) -> gym.Env:
+    """SB3's ``AtariWrapper``, with :class:`FireOnLifeLoss` on top when asked (module-level: the
+    ``SubprocVecEnv`` workers pickle it)."""
+    wrapped: gym.Env = AtariWrapper(env, **wrapper_kwargs)
+    return FireOnLifeLoss(wrapped) if fire_on_life_loss else wrapped
+
+
 def _make_gym_atari_env(env_id: str, **kwargs: Any) -> gym.Env:
     # Module-level so SubprocVecEnv workers import this module (which registers ALE ids) to build it.
     gym.register_envs(ale_py)
@@ -397,6 +461,7 @@ def make_sb3_atari_vec_env(
     frame_skip: int = 4,
     repeat_action_probability: float = 0.0,
     max_frames_per_episode: int = 108_000,
+    fire_on_life_loss: bool = False,
     vec_env_cls: type[DummyVecEnv] | type[SubprocVecEnv] = SubprocVecEnv,
     monitor_dir: str | None = None,
     vec_env_kwargs: dict[str, Any] | None = None,
@@ -406,7 +471,7 @@ def make_sb3_atari_vec_env(
     Same preprocessing and observation layout as :func:`make_atari_vec_env`:
     ``(n_envs, frame_stack, 84, 84)`` uint8 (``VecFrameStack`` then ``VecTransposeImage``).
     ``infos[i]["episode"]`` comes from SB3's ``Monitor`` under the ``AtariWrapper``: the raw score
-    of the whole game.
+    of the whole game. ``fire_on_life_loss`` adds :class:`FireOnLifeLoss`.
     """
     n_envs = _check_positive_int(n_envs, "n_envs")
     frame_stack = _check_positive_int(frame_stack, "frame_stack")
@@ -426,12 +491,15 @@ def make_sb3_atari_vec_env(
         screen_size=FRAME_SIZE,
         terminal_on_life_loss=bool(episodic_life),
         clip_reward=bool(clip_reward),
+        fire_on_life_loss=bool(fire_on_life_loss),
     )
-    venv = make_atari_env(
+    # make_atari_env with our wrapper function (AtariWrapper, then FireOnLifeLoss if asked).
+    venv = make_vec_env(
         _make_gym_atari_env,
         n_envs=n_envs,
         seed=seed,
         monitor_dir=monitor_dir,
+        wrapper_class=_atari_wrapper,
         wrapper_kwargs=wrapper_kwargs,
         env_kwargs=env_kwargs,
         vec_env_cls=vec_env_cls,
@@ -444,6 +512,7 @@ def make_sb3_atari_vec_env(
 
 __all__: Sequence[str] = (
     "AleVecEnv",
+    "FireOnLifeLoss",
     "atari_gym_id",
     "is_atari_game",
     "make_atari_vec_env",

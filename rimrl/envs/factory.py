@@ -65,6 +65,23 @@ def env_family(env_id: str) -> EnvFamily:
     raise ValueError(_unknown_id_message(env_id))
 
 
+def default_deterministic(env_id: str) -> bool:
+    """The default evaluation action mode of ``env_id``: greedy (True) or sampled (False).
+
+    The one rule for every evaluation (train.py's periodic evaluation, the ``best_model.zip`` it
+    picks, evaluate.py), as rl-zoo3 has it: MiniGrid/BabyAI (the rimrl suites included) and Atari
+    are evaluated with *sampled* actions, anything else greedily. A greedy policy in these envs
+    can lock into a loop: turning in place forever in a grid world, never pressing FIRE in
+    Breakout. Ids :func:`env_family` does not know count as "anything else" rather than failing
+    here: the caller reports unknown ids where it builds the env.
+    """
+    try:
+        family = env_family(env_id)
+    except ValueError:
+        return True
+    return family not in ("minigrid", "atari")
+
+
 def make_minigrid_env(env_id: str, **env_kwargs: Any) -> gym.Env:
     """One MiniGrid/BabyAI/suite env with the rimrl dict observation and ``info["success"]``."""
     env = gym.make(env_id, **env_kwargs)

@@ -19,12 +19,15 @@ matplotlib.use("Agg")  # files only; never open a window (evaluation runs headle
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from rimrl.evaluation.plots import save_figure  # noqa: E402
 
 __all__ = ["module_colors", "plot_active_units", "plot_srm_topology", "topology_arrays"]
 
 _OUTSIDE = (0.8, 0.8, 0.8, 1.0)
+_ACTIVE, _INACTIVE = "#1f4e9c", "#f2f2f2"
 
 
 def module_colors(n: int) -> np.ndarray:
@@ -40,7 +43,9 @@ def plot_active_units(active: np.ndarray, path: str | Path, title: str = "", uni
         raise ValueError(f"active must be a non-empty (steps, units) array, got shape {active.shape}")
     steps, units = active.shape
     fig, ax = plt.subplots(figsize=(min(16.0, 3.0 + steps * 0.08), 1.2 + 0.35 * units))
-    ax.imshow(active.T, aspect="auto", interpolation="nearest", cmap=ListedColormap(["#f2f2f2", "#1f4e9c"]), vmin=0, vmax=1)
+    ax.imshow(active.T, aspect="auto", interpolation="nearest", cmap=ListedColormap([_INACTIVE, _ACTIVE]), vmin=0, vmax=1)
+    ax.legend(handles=[Patch(color=_ACTIVE, label="active"), Patch(facecolor=_INACTIVE, edgecolor="0.6", label="inactive")],
+              fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_xlabel("step")
     ax.set_ylabel(unit_name)
     ax.set_yticks(range(units))
@@ -113,6 +118,20 @@ def plot_srm_topology(topology: dict[str, Any], path: str | Path, title: str = "
         grid_ax.set_xlabel("token")
         grid_ax.set_ylabel("module")
         grid_ax.set_title("kernel K(module, token)", fontsize=9)
+    fig.legend(handles=_topology_legend(colors, bool((owner < 0).any()), positions is not None), fontsize=8,
+               loc="center left", bbox_to_anchor=(1.0, 0.5), borderaxespad=0.5)
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, dpi=100)
+
+
+def _topology_legend(colors: np.ndarray, outside: bool, grid: bool) -> list[Line2D]:
+    """Legend of :func:`plot_srm_topology`: one star per module, the grey of uncovered tokens, the marks."""
+    handles = [Line2D([], [], ls="", marker="*", ms=11, markerfacecolor=color, markeredgecolor="k", label=f"module {i}")
+               for i, color in enumerate(colors)]
+    handles.append(Line2D([], [], ls="", marker="o", ms=6, color="0.3", label="token (colour: module weighing it most)"))
+    if outside:
+        handles.append(Line2D([], [], ls="", marker="o", ms=6, color=_OUTSIDE, label="token outside all supports"))
+    if grid:
+        handles.append(Line2D([], [], ls="", marker="s", ms=8, color="0.6", label="view cell; number = modules covering it"))
+    return handles

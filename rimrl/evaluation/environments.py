@@ -4,8 +4,11 @@ Variants: a run trained on a distractor-suite id (``rimrl/Pickup-Train-v0``) is 
 suite's variants (``train``, ``more``, ``novel``, ``more+novel``); any other env (a MiniGrid id,
 an Atari game) has a single variant, ``default``, which is the env itself.
 
-Atari is evaluated on full games: all lives (no episodic life), raw unclipped rewards, and the
-model's own frame stack (read from its observation space when the run does not say).
+Atari is evaluated on full games: all lives (no episodic life), FIRE pressed after each life
+loss (a policy that never presses it cannot stall a game), raw unclipped rewards, a game cap of
+``max_frames_per_episode`` emulator frames (:data:`ATARI_FRAME_CAP` unless the run or
+``--env-kwarg`` says otherwise), and the model's own frame stack (read from its observation space
+when the run does not say).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from rimrl.envs import DISTRACTOR_SUITES, env_family, make_env, make_minigrid_env, suite_of
 
 __all__ = [
+    "ATARI_FRAME_CAP",
     "DEFAULT_VARIANT",
     "EvaluationInputError",
     "SingleEnv",
@@ -33,6 +37,9 @@ __all__ = [
     "resolve_variants",
 ]
 
+#: Emulator frames after which an Atari game is cut off (ALE's default; 30 minutes at 60 fps,
+#: 27,000 agent steps at frame skip 4).
+ATARI_FRAME_CAP = 108_000
 #: Variant name of an env that is not part of a distractor suite.
 DEFAULT_VARIANT = "default"
 # Spellings accepted for "more+novel" on the command line (a "+" is awkward in some shells/tools).
@@ -108,13 +115,16 @@ def eval_env_kwargs(
     """``make_env`` keyword arguments for evaluating on ``env_id``.
 
     Keeps what a run's ``env_kwargs`` say about the observation (e.g. Atari ``frame_stack``) and
-    drops what only training wants. Atari: full games (``episodic_life=False``), raw rewards
-    (``clip_reward=False``; the score reported comes from ``info["episode"]`` either way), and the
-    frame stack of the model's observation space ``(frame_stack, 84, 84)`` unless the run gives it.
+    drops what only training wants. Atari: full games (``episodic_life=False``) with FIRE after
+    each life loss (``fire_on_life_loss=True``), raw rewards (``clip_reward=False``; the score
+    reported comes from ``info["episode"]`` either way), the stated frame cap
+    (``max_frames_per_episode``, :data:`ATARI_FRAME_CAP` by default), and the frame stack of the
+    model's observation space ``(frame_stack, 84, 84)`` unless the run gives it.
     """
     kwargs = {k: v for k, v in (run_env_kwargs or {}).items() if k not in _TRAINING_ONLY_KWARGS}
     if _family_or_error(env_id) == "atari":
-        kwargs.update(clip_reward=False, episodic_life=False)
+        kwargs.update(clip_reward=False, episodic_life=False, fire_on_life_loss=True)
+        kwargs.setdefault("max_frames_per_episode", ATARI_FRAME_CAP)
         shape = getattr(observation_space, "shape", None)
         if "frame_stack" not in kwargs and shape is not None and len(shape) == 3:
             kwargs["frame_stack"] = int(shape[0])
@@ -138,6 +148,7 @@ class SingleEnv:
     step: Callable[[Any], tuple[Any, float, bool, dict[str, Any]]]
     render: Callable[[], np.ndarray]
     close: Callable[[], None]
+    action_names: list[str] | None = None  # words for discrete actions (GIF captions); None: numbers
 
 
 def make_single_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> SingleEnv:
@@ -162,7 +173,9 @@ def _single_minigrid(env_id: str, env_kwargs: dict[str, Any]) -> SingleEnv:
         obs, reward, terminated, truncated, info = env.step(int(np.asarray(action).reshape(())))
         return obs, float(reward), bool(terminated or truncated), info
 
-    return SingleEnv(reset, step, lambda: env.render(), env.close)
+    actions = getattr(env.unwrapped, "actions", None)  # MiniGrid's Actions enum
+    names = [a.name for a in actions] if actions is not None else None
+    return SingleEnv(reset, step, lambda: env.render(), env.close, names)
 
 
 def _single_atari(env_id: str, env_kwargs: dict[str, Any]) -> SingleEnv:
@@ -186,4 +199,13 @@ def _single_atari(env_id: str, env_kwargs: dict[str, Any]) -> SingleEnv:
         grey = np.asarray(latest["frame"])[-1]  # the newest frame of the stack
         return np.repeat(np.repeat(np.stack([grey] * 3, axis=-1), 3, axis=0), 3, axis=1)
 
-    return SingleEnv(reset, step, render, venv.close)
+    return SingleEnv(reset, step, render, venv.close, _atari_action_names(venv))
+
+
+def _atari_action_names(venv: Any) -> list[str] | None:
+    """The game's action meanings (``NOOP``, ``FIRE``, ...) where the vector env exposes them."""
+    try:
+        names = venv.env_method("get_action_meanings", indices=[0])[0] if hasattr(venv, "env_method") else None
+    except Exception:  # a vector env without per-env methods (the native ALE one): numbers will do
+        names = None
+    return list(names) if names else None

@@ -20,9 +20,10 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from rimrl.agents import AgentLoadError, load_agent
 from rimrl.agents.storage import DirectoryBusyError, directory_lock, writable_dir_problem
-from rimrl.envs import is_atari
+from rimrl.envs import default_deterministic, is_atari
 from rimrl.evaluation.activations import plot_active_units, plot_srm_topology
 from rimrl.evaluation.environments import (
+    ATARI_FRAME_CAP,
     EvaluationInputError,
     VariantEnv,
     eval_env_kwargs,
@@ -30,17 +31,21 @@ from rimrl.evaluation.environments import (
     make_single_env,
     resolve_variants,
 )
-from rimrl.evaluation.gifs import slug, write_gif
+from rimrl.evaluation.gifs import frame_captions, slug, write_gif
 from rimrl.evaluation.plots import plot_comparison, plot_results
 from rimrl.evaluation.report import EvaluationReport, write_outputs
 from rimrl.evaluation.results import aggregate_rows, compare_games, episode_rows, summarize
-from rimrl.evaluation.rollout import EpisodeTrace, run_episodes, trace_episode
+from rimrl.evaluation.rollout import EpisodeRecord, EpisodeTrace, run_episodes, trace_episode
 from rimrl.evaluation.sources import ModelSource, core_of, label_sources, resolve_sources
 
-__all__ = ["EvaluationOptions", "evaluate", "check_spaces"]
+__all__ = ["EvaluationOptions", "ProgressCallback", "action_mode", "check_spaces", "evaluate"]
 
 #: Steps after which a GIF/activation trace stops (a full Atari game can last 27,000 agent steps).
 TRACE_MAX_STEPS = 3000
+
+#: ``(description, episodes done, episodes in total)``: called once with 0 when a model x variant
+#: starts and after each of its episodes.
+ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -52,7 +57,8 @@ class EvaluationOptions:
     variants: Sequence[str] | None = None
     episodes: int = 100
     seed: int = 1000
-    deterministic: bool = True
+    #: Greedy (True) or sampled (False) actions for every model; None: per model, see :func:`action_mode`.
+    deterministic: bool | None = None
     n_envs: int = 8
     out: str | Path | None = None
     plot: bool = False
@@ -96,6 +102,22 @@ class EvaluationOptions:
         }
 
 
+def action_mode(source: ModelSource, deterministic: bool | None = None) -> bool:
+    """Whether ``source`` is evaluated with greedy actions.
+
+    ``deterministic`` (``--deterministic`` / ``--stochastic``) decides when given. Otherwise the
+    mode of the run's own training-time evaluation (``config.yml``'s ``eval_deterministic``), so
+    that the final evaluation plays as the one that picked ``best_model.zip`` did; for a model
+    without one, the env's default (:func:`rimrl.envs.default_deterministic`: sampled for
+    MiniGrid/BabyAI and Atari, greedy otherwise).
+    """
+    if deterministic is not None:
+        return deterministic
+    if source.eval_deterministic is not None:
+        return source.eval_deterministic
+    return default_deterministic(source.env_id or "")
+
+
 def _one_line(space: spaces.Space) -> str:
     return " ".join(str(space).split())
 
@@ -115,6 +137,7 @@ class _Loaded:
     source: ModelSource
     model: RecurrentPPO
     variants: list[VariantEnv]
+    deterministic: bool  # its action mode (action_mode)
 
 
 def _load(sources: Sequence[ModelSource], options: EvaluationOptions) -> list[_Loaded]:
@@ -124,7 +147,7 @@ def _load(sources: Sequence[ModelSource], options: EvaluationOptions) -> list[_L
     for source, variants in planned:
         model = load_agent(source.path, env=None, device=options.device, safe=options.safe)
         source.core = source.core or core_of(model)
-        loaded.append(_Loaded(source, model, variants))
+        loaded.append(_Loaded(source, model, variants, action_mode(source, options.deterministic)))
     label_sources([item.source for item in loaded])
     return loaded
 
@@ -133,8 +156,11 @@ def _kwargs_for(item: _Loaded, env_id: str, options: EvaluationOptions) -> dict[
     return eval_env_kwargs(env_id, item.model.observation_space, {**item.source.env_kwargs, **options.env_kwargs})
 
 
-def _traces(item: _Loaded, variant: VariantEnv, options: EvaluationOptions, count: int, render: bool) -> list[EpisodeTrace]:
-    """``count`` single-env episodes (seeded ``seed + k``) for GIFs and activation maps."""
+def _traces(
+    item: _Loaded, variant: VariantEnv, options: EvaluationOptions, count: int, render: bool
+) -> tuple[list[EpisodeTrace], list[str] | None]:
+    """``count`` single-env episodes (seeded ``seed + k``) for GIFs and activation maps, and the
+    env's action names (for the GIF captions)."""
     single = make_single_env(variant.env_id, _kwargs_for(item, variant.env_id, options))
     try:
         return [
@@ -143,12 +169,12 @@ def _traces(item: _Loaded, variant: VariantEnv, options: EvaluationOptions, coun
                 reset=lambda k=k: single.reset(options.seed + k),
                 step=single.step,
                 render=single.render if render else None,
-                deterministic=options.deterministic,
+                deterministic=item.deterministic,
                 seed=options.seed + k,
                 max_steps=TRACE_MAX_STEPS,
             )
             for k in range(count)
-        ]
+        ], single.action_names
     finally:
         single.close()
 
@@ -160,10 +186,11 @@ def _inspect(item: _Loaded, variant: VariantEnv, options: EvaluationOptions, rep
     if count == 0:
         return
     out = Path(options.out or ".")
-    traces = _traces(item, variant, options, count, render=options.gif > 0)
+    traces, action_names = _traces(item, variant, options, count, render=options.gif > 0)
     name = f"{slug(item.source.label)}_{slug(variant.variant)}"
     for k, trace in enumerate(traces[: options.gif]):
-        report.files.append(write_gif(trace.frames, out / "gifs" / f"{name}_ep{k}.gif"))
+        captions = frame_captions(trace.actions, trace.rewards, action_names, truncated=trace.truncated_by_trace)
+        report.files.append(write_gif(trace.frames, out / "gifs" / f"{name}_ep{k}.gif", captions=captions))
     if options.activations and modular and traces[0].active is not None:
         unit = "unit" if item.source.core == "rim" else "module"
         title = f"{item.source.label} on {variant.variant}: active {unit}s (episode 0, return {traces[0].episode_return:.2f})"
@@ -190,8 +217,14 @@ def _check_comparable(loaded: Sequence[_Loaded], options: EvaluationOptions) -> 
         )
 
 
-def evaluate(options: EvaluationOptions, log: Callable[[str], None] | None = None) -> EvaluationReport:
-    """Run the evaluation described by ``options``; write its files when ``options.out`` is set."""
+def evaluate(
+    options: EvaluationOptions, log: Callable[[str], None] | None = None, progress: ProgressCallback | None = None
+) -> EvaluationReport:
+    """Run the evaluation described by ``options``; write its files when ``options.out`` is set.
+
+    ``log`` receives one line per model x variant as it starts; ``progress`` the episodes done
+    (see :data:`ProgressCallback`). Neither prints anything unless the caller's callable does.
+    """
     say = log or (lambda message: None)
     th.set_num_threads(1)  # small recurrent nets: intra-op threads only add contention on a shared machine
     options.validate()
@@ -200,23 +233,65 @@ def evaluate(options: EvaluationOptions, log: Callable[[str], None] | None = Non
     if options.compare:
         _check_comparable(loaded, options)
     if options.out is None:
-        return _evaluate(loaded, options, say)
+        return _evaluate(loaded, options, say, progress)
     try:
         with directory_lock(options.out, what="--out folder"):  # two evaluations must not interleave files
-            return _evaluate(loaded, options, say)
+            return _evaluate(loaded, options, say, progress)
     except DirectoryBusyError as error:
         raise EvaluationInputError(str(error)) from None
 
 
-def _evaluate(loaded: list[_Loaded], options: EvaluationOptions, say: Callable[[str], None]) -> EvaluationReport:
+def _frame_cap(env_kwargs: dict[str, Any]) -> tuple[int, int]:
+    """An Atari eval env's cap: (emulator frames, frame skip)."""
+    return int(env_kwargs.get("max_frames_per_episode", ATARI_FRAME_CAP)), int(env_kwargs.get("frame_skip", 4))
+
+
+def _counting(progress: ProgressCallback, what: str, total: int) -> Callable[[EpisodeRecord], None]:
+    """A ``run_episodes`` ``on_episode`` that reports ``(what, done, total)`` to ``progress``."""
+    done = [0]
+
+    def on_episode(record: EpisodeRecord) -> None:
+        done[0] += 1
+        progress(what, done[0], total)
+
+    progress(what, 0, total)
+    return on_episode
+
+
+def _settle_modes(loaded: Sequence[_Loaded], report: EvaluationReport) -> None:
+    """Record the action mode(s) used in the settings; say so when the models differ."""
+    modes = {item.deterministic for item in loaded}
+    if len(modes) == 1:
+        report.settings["deterministic"] = modes.pop()
+        return
+    report.settings["deterministic"] = "per model"
+    greedy = ", ".join(item.source.label for item in loaded if item.deterministic)
+    report.notes.append(f"action modes differ between the models (each as its run's training-time evaluation): "
+                        f"greedy for {greedy}, sampled for the others; the `deterministic` column says which")
+
+
+def _evaluate(
+    loaded: list[_Loaded], options: EvaluationOptions, say: Callable[[str], None], progress: ProgressCallback | None
+) -> EvaluationReport:
     report = EvaluationReport(settings=options.settings())
+    _settle_modes(loaded, report)
+    caps: set[tuple[int, int]] = set()
     for item in loaded:
         for variant in item.variants:
-            say(f"{item.source.label}: {variant.variant} ({variant.env_id}), {options.episodes} episodes")
-            venv = make_eval_env(variant.env_id, options.n_envs, options.seed, _kwargs_for(item, variant.env_id, options))
+            kwargs = _kwargs_for(item, variant.env_id, options)
+            mode = "greedy" if item.deterministic else "sampled"
+            what = f"{item.source.label}: {variant.variant} ({variant.env_id})"
+            cap = ""
+            if is_atari(variant.env_id):
+                caps.add(_frame_cap(kwargs))
+                cap = f", whole games of at most {_frame_cap(kwargs)[0]:,} frames"
+            say(f"{what}, {options.episodes} episodes, {mode} actions{cap}")
+            on_episode = None if progress is None else _counting(progress, what, options.episodes)
+            venv = make_eval_env(variant.env_id, options.n_envs, options.seed, kwargs)
             try:
                 check_spaces(item.model, venv, variant.env_id, item.source.path)
-                records = run_episodes(item.model, venv, options.episodes, options.deterministic, seed=options.seed)
+                records = run_episodes(item.model, venv, options.episodes, item.deterministic, seed=options.seed,
+                                       on_episode=on_episode)
             finally:
                 venv.close()
             row = summarize(
@@ -229,7 +304,7 @@ def _evaluate(loaded: list[_Loaded], options: EvaluationOptions, say: Callable[[
                 train_env=item.source.env_id or "",
                 env=variant.env_id,
                 variant=variant.variant,
-                deterministic=options.deterministic,
+                deterministic=item.deterministic,
                 eval_seed=options.seed,
                 n_envs=options.n_envs,
             )
@@ -241,6 +316,12 @@ def _evaluate(loaded: list[_Loaded], options: EvaluationOptions, say: Callable[[
             _inspect_topology(item, options, report)
         if options.activations and item.source.core not in ("rim", "srm"):
             report.notes.append(f"--activations: {item.source.label} has a {item.source.core} core (no active units to show)")
+    for frames, skip in sorted(caps):
+        report.notes.append(f"Atari: whole games (all lives, FIRE pressed after each life loss), cut off at "
+                            f"{frames:,} emulator frames ({frames // skip:,} agent steps at frame skip {skip}; "
+                            f"--env-kwarg max_frames_per_episode=N changes it)")
+    if caps:
+        report.settings["atari_frame_cap"] = sorted(frames for frames, _ in caps)[-1]
     report.aggregates = aggregate_rows(report.rows, seed=options.seed)
     if options.compare:
         report.comparison = compare_games(report.rows, options.challenger, options.baseline)

@@ -85,6 +85,7 @@ def run_episodes(
     deterministic: bool = True,
     seed: int | None = None,
     expect_episode_info: bool = True,
+    on_episode: Callable[[EpisodeRecord], None] | None = None,
 ) -> list[EpisodeRecord]:
     """Play exactly ``n_episodes`` episodes of ``model`` on ``env``; return them ordered by ``episode``.
 
@@ -98,6 +99,8 @@ def run_episodes(
             ``info["episode"]`` (the statistics are read from it). A done without it is not an
             episode end: this is how a life loss with ``episodic_life`` looks in Atari. With
             ``False`` every done ends an episode and returns are summed from the rewards.
+        on_episode: called with each recorded episode as it finishes (e.g. to advance a progress
+            bar; this function prints nothing itself).
     """
     quotas = episode_quotas(n_episodes, env.num_envs)
     offsets = np.concatenate([[0], np.cumsum(quotas)[:-1]])
@@ -125,16 +128,17 @@ def run_episodes(
             if expect_episode_info and monitor is None:
                 continue  # a life lost, not a game over: the state carries on (episode_start below)
             if done_count[i] < quotas[i]:
-                records.append(
-                    EpisodeRecord(
-                        episode=int(offsets[i]) + done_count[i],
-                        env_index=int(i),
-                        env_episode=done_count[i],
-                        episode_return=float(monitor["r"]) if monitor else float(returns[i]),
-                        length=int(monitor["l"]) if monitor else int(lengths[i]),
-                        success=_success_of(info),
-                    )
+                record = EpisodeRecord(
+                    episode=int(offsets[i]) + done_count[i],
+                    env_index=int(i),
+                    env_episode=done_count[i],
+                    episode_return=float(monitor["r"]) if monitor else float(returns[i]),
+                    length=int(monitor["l"]) if monitor else int(lengths[i]),
+                    success=_success_of(info),
                 )
+                records.append(record)
+                if on_episode is not None:
+                    on_episode(record)
             done_count[i] += 1
             returns[i], lengths[i] = 0.0, 0
         # Only episode ends reset the recurrent state: a life loss is not one in a full-game evaluation.
@@ -162,12 +166,15 @@ class EpisodeTrace:
             (the terminal one included). Empty unless rendering was asked for.
         active: ``(T, units)`` bool: which units/modules of a RIM/SRM core were active at each
             step; None for cores without ``last_active_mask`` (LSTM, GRU).
+        actions, rewards: the action taken and the reward received at each step (GIF captions).
         episode_return, length, success: as in :class:`EpisodeRecord`.
         truncated_by_trace: the trace stopped at ``max_steps`` before the episode ended.
     """
 
     frames: list[np.ndarray] = field(default_factory=list)
     active: np.ndarray | None = None
+    actions: list[Any] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
     episode_return: float = 0.0
     length: int = 0
     success: bool | None = None
@@ -219,6 +226,8 @@ def trace_episode(
         obs, reward, done, info = step(action)
         episode_start = np.zeros(1, dtype=bool)
         trace.episode_return += float(reward)
+        trace.actions.append(np.asarray(action).ravel().copy())
+        trace.rewards.append(float(reward))
         trace.length += 1
         if render is not None:
             trace.frames.append(np.asarray(render(), dtype=np.uint8))

@@ -37,6 +37,8 @@ class ModelSource:
         core: ``"rim"``, ``"lstm"``, ... (None until read from the loaded policy).
         seed: the training seed (None when unknown).
         env_kwargs: the run's env arguments (``config.yml``'s ``env_kwargs``), reused for evaluation.
+        eval_deterministic: the action mode of the run's training-time evaluation (``config.yml``'s
+            ``eval_deterministic``; None when it does not say), which picked its ``best_model.zip``.
         label: a short unique name for tables (``"rim-seed0"``), set by :func:`label_sources`.
     """
 
@@ -46,6 +48,7 @@ class ModelSource:
     core: str | None
     seed: int | None
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    eval_deterministic: bool | None = None
     label: str = ""
 
     @property
@@ -90,6 +93,7 @@ def resolve_source(argument: str | Path, env: str | None = None, checkpoint: str
     if not isinstance(env_kwargs, dict):
         raise EvaluationInputError(f"env_kwargs in {str(run_dir / CONFIG_FILE)!r} must be a mapping")
     core = config.get("core")
+    mode = config.get("eval_deterministic")
     return ModelSource(
         path=zip_path,
         run_dir=run_dir,
@@ -97,6 +101,7 @@ def resolve_source(argument: str | Path, env: str | None = None, checkpoint: str
         core=str(core) if core else None,
         seed=_seed_of(config, run_dir),
         env_kwargs=dict(env_kwargs),
+        eval_deterministic=mode if isinstance(mode, bool) else None,
     )
 
 
