@@ -217,6 +217,30 @@ def test_env_wrapper_flag_and_config_file(tmp_path: Path, monkeypatch: pytest.Mo
     assert metrics["mean_length"] <= 5
 
 
+def test_evaluate_applies_a_runs_wrappers_and_imports_only_what_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rimrl.cli.evaluate import main as evaluate_main
+    from rimrl.evaluation import EvaluationInputError
+    from rimrl.evaluation.sources import resolve_source
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    assert main(["--env", "CartPole-v1", "--core", "toy", "--gym-packages", "toy_plugin", "--env-wrapper",
+                 "toy_plugin:NoVelocity", "-f", str(tmp_path), *TINY]) == 0
+    run = run_dir_for(tmp_path, "CartPole-v1", "toy", 0)
+    # toy_plugin is imported in this process (as --gym-packages does): the wrapper applies, else the
+    # model's 2-number observation would not match CartPole's 4.
+    assert evaluate_main([str(run), "--episodes", "2", "--gym-packages", "toy_plugin", "--quiet"]) == 0
+    assert "CartPole-v1" in capsys.readouterr().out
+    # A module nobody imported is not imported because a config.yml names it.
+    config = yaml.safe_load((run / CONFIG_FILE).read_text())
+    config["env_wrapper"] = ["never_imported_module_xyz:Wrapper"]
+    (run / CONFIG_FILE).write_text(yaml.safe_dump(config))
+    with pytest.raises(EvaluationInputError, match="pass --gym-packages never_imported_module_xyz"):
+        resolve_source(run)
+    assert "never_imported_module_xyz" not in sys.modules
+
+
 def test_registered_core_needs_its_package_on_the_command_line(tmp_path: Path) -> None:
     """In a fresh process (as a user runs train.py) the core exists only once its module is imported."""
     import os
