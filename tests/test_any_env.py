@@ -230,8 +230,11 @@ def test_evaluate_applies_a_runs_wrappers_and_imports_only_what_it_is_given(
     run = run_dir_for(tmp_path, "CartPole-v1", "toy", 0)
     # toy_plugin is imported in this process (as --gym-packages does): the wrapper applies, else the
     # model's 2-number observation would not match CartPole's 4.
-    assert evaluate_main([str(run), "--episodes", "2", "--gym-packages", "toy_plugin", "--quiet"]) == 0
+    out = tmp_path / "eval"
+    assert evaluate_main([str(run), "--episodes", "2", "--gym-packages", "toy_plugin", "--quiet", "--gif", "1",
+                          "--out", str(out)]) == 0
     assert "CartPole-v1" in capsys.readouterr().out
+    assert len(list((out / "gifs").glob("*.gif"))) == 1  # single-env traces of a plain gymnasium env
     # A module nobody imported is not imported because a config.yml names it.
     config = yaml.safe_load((run / CONFIG_FILE).read_text())
     config["env_wrapper"] = ["never_imported_module_xyz:Wrapper"]
