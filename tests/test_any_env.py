@@ -245,7 +245,8 @@ def test_evaluate_applies_a_runs_wrappers_and_imports_only_what_it_is_given(
 
 
 def test_registered_core_needs_its_package_on_the_command_line(tmp_path: Path) -> None:
-    """In a fresh process (as a user runs train.py) the core exists only once its module is imported."""
+    """In a fresh process (as a user runs train.py) the core exists only once its module is imported;
+    ``--resume`` imports the run's recorded packages itself."""
     import os
 
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
@@ -259,6 +260,11 @@ def test_registered_core_needs_its_package_on_the_command_line(tmp_path: Path) -
                           env=env, cwd=TESTS.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir_for(tmp_path, NOVEL, "toy", 0) / "model.weights.pt").is_file()
+    # --resume imports the packages the run recorded (as it trusts the run's checkpoints).
+    argv[argv.index("-n") + 1] = "128"
+    proc = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=300, env=env, cwd=TESTS.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir_for(tmp_path, NOVEL, "toy", 0) / "final_metrics.json").read_text())["num_timesteps"] == 128
 
 
 # ----------------------------------------------------------------------------------------------

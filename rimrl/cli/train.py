@@ -402,8 +402,10 @@ def import_packages(packages: Sequence[str]) -> None:
         raise CLIError(one_line(error)) from None
 
 
-def _validate_settings(settings: dict[str, Any]) -> None:
-    for core in settings["cores"]:
+def _validate_settings(settings: dict[str, Any], resume: bool = False) -> None:
+    # On --resume a core may be registered by the run's recorded gym_packages, which resolve_trial
+    # imports: it checks the core then.
+    for core in [] if resume else settings["cores"]:
         _check_core(core)
     for seed in settings["seeds"]:
         _check_int("seed", seed, 0)
@@ -468,7 +470,7 @@ def build_trials(args: Any, argv: Sequence[str]) -> list[TrainOptions]:
         _refuse_file_imports({k: v for k, v in file_values.items() if k not in explicit_cli(cli_values)},
                              args.config or "")
     import_packages(settings["gym_packages"])  # before the cores are checked: they may register some
-    _validate_settings(settings)
+    _validate_settings(settings, resume=args.resume)
     if settings["tensorboard"] == "":
         settings["tensorboard"] = None
 
@@ -703,9 +705,6 @@ def resolve_trial(options: TrainOptions, say: Any = None) -> ResolvedTrial:
 
     say = say or (lambda message: None)
     import_packages(options.gym_packages)  # again: a sweep worker is a fresh process
-    _check_core(options.core)
-    if not is_gym_id(options.env) and not is_atari(options.env):
-        raise CLIError(unknown_id_message(options.env))  # nothing created for an unknown id
 
     saved: dict[str, Any] | None = None
     resume_from: Path | None = None
@@ -722,6 +721,9 @@ def resolve_trial(options: TrainOptions, say: Any = None) -> ResolvedTrial:
         raise CLIError(f"cannot resume {str(options.run_dir)!r}: it has checkpoints but no {CONFIG_FILE}")
     if saved is not None:
         import_packages(options.gym_packages)  # the run's own, kept on --resume
+    _check_core(options.core)
+    if not is_gym_id(options.env) and not is_atari(options.env):
+        raise CLIError(unknown_id_message(options.env))  # nothing created for an unknown id
     try:
         # Ids beyond the suites, MiniGrid and Atari are built once here (with the wrappers) to see
         # whether their observation is a vector or an image.
