@@ -729,8 +729,8 @@ def resolve_trial(options: TrainOptions, say: Any = None) -> ResolvedTrial:
         # whether their observation is a vector or an image.
         family = env_family(options.env, env_kwargs=options.env_kwargs, wrappers=options.env_wrapper)
     except Exception as error:  # a bad wrapper or --env-kwargs fails inside gymnasium or the wrapper
-        given = f" (with --env-kwargs {to_yaml_safe(options.env_kwargs)})" if options.env_kwargs else ""
-        raise CLIError(f"cannot make {options.env!r}{given}: {one_line(error)}") from None
+        given = f" with --env-kwargs {to_yaml_safe(options.env_kwargs)}" if options.env_kwargs else ""
+        raise CLIError(f"{one_line(error)}{given}") from None
 
     if saved is not None:
         # The saved hyperparameters are complete: use them as a flat preset (no preset file re-read).

@@ -85,9 +85,11 @@ def env_family(
     """``"minigrid"``, ``"atari"``, ``"vector"`` or ``"image"`` (see the module docstring).
 
     Suite, MiniGrid and Atari ids are known by name; any other registered gymnasium id is built
-    once (with ``env_kwargs`` and ``wrappers``) to read its observation space, then closed.
+    once (with ``env_kwargs`` and ``wrappers``), reset and stepped once to read its observation
+    space and surface errors early, then closed.
 
-    :raises ValueError: an id that is not registered (with a "did you mean" suggestion).
+    :raises ValueError: an id that is not registered (with a "did you mean" suggestion), or one
+        that cannot be built with these kwargs and wrappers.
     """
     if is_minigrid(env_id):
         return "minigrid"
@@ -95,11 +97,21 @@ def env_family(
         return "atari"
     if not is_gym_id(env_id):
         raise ValueError(unknown_id_message(env_id))
-    env = _make_gym_env(env_id, dict(env_kwargs or {}), resolve_wrappers(wrappers))
+    wrapper_list = resolve_wrappers(wrappers)  # its ValueErrors name the wrapper already
+    env = None
     try:
+        env = _make_gym_env(env_id, dict(env_kwargs or {}), wrapper_list)
+        # One reset and step too: some envs take bad kwargs silently and fail only when stepped,
+        # which would otherwise surface mid-training as a traceback.
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
         return _space_family(env.observation_space)
+    except Exception as error:  # a missing dependency, bad kwargs: whatever gymnasium or the env raise
+        text = " ".join(str(error).split())
+        raise ValueError(f"cannot make {env_id!r}: {type(error).__name__}: {text}") from error
     finally:
-        env.close()
+        if env is not None:
+            env.close()
 
 
 def _make_gym_env(env_id: str, env_kwargs: dict[str, Any], wrappers: list[Callable[[gym.Env], gym.Env]]) -> gym.Env:

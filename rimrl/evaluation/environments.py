@@ -96,10 +96,8 @@ def _is_known_env(env_id: str) -> bool:
 def _family_or_error(env_id: str) -> str:
     try:
         return env_family(env_id)
-    except ValueError:
-        raise EvaluationInputError(
-            f"unknown env {env_id!r}: use a distractor-suite id (e.g. 'rimrl/Pickup-Train-v0'), a MiniGrid id or an Atari game"
-        ) from None
+    except ValueError as error:  # "unknown env id ...; did you mean ...?"
+        raise EvaluationInputError(" ".join(str(error).split())) from None
 
 
 def eval_env_kwargs(
