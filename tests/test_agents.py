@@ -100,7 +100,7 @@ def test_schedules_and_custom_presets(tmp_path):
     assert resolve_hyperparams("vector", "gru", preset={"n_steps": 8}) == {"n_steps": 8}
     with pytest.raises(ValueError, match="not found"):
         resolve_hyperparams("minigrid", "lstm", preset=str(tmp_path / "missing.yml"))
-    with pytest.raises(ValueError, match="core must be one of"):
+    with pytest.raises(ValueError, match="unknown core 'transformer'.*register_core"):
         resolve_hyperparams("minigrid", "transformer")
     with pytest.raises(ValueError, match="activation_fn"):
         resolve_hyperparams("minigrid", "lstm", overrides={"policy_kwargs.activation_fn": "swishy"})

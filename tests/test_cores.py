@@ -1,11 +1,28 @@
-"""Semantics of the recurrent cores (DESIGN.md, "The core interface" and "RIM")."""
+"""Semantics of the recurrent cores (DESIGN.md, "The core interface" and "RIM").
+
+The contract tests (shapes, sequence == steps, episode starts, seeding, gradients) also run on a
+core registered with :func:`rimrl.cores.register_core` (``toy``, from ``tests/toy_plugin.py``).
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import toy_plugin
 
-from rimrl.cores import GRU, LSTM, RIM, make_core
+from rimrl.cores import (
+    BUILTIN_CORES,
+    CORES,
+    GRU,
+    LSTM,
+    RIM,
+    UnknownCoreError,
+    core_names,
+    core_spec,
+    make_core,
+    register_core,
+    unregister_core,
+)
 from rimrl.cores.grouped import make_grouped_cell
 from rimrl.cores.loop import within_head_dropout_mask
 
@@ -17,6 +34,9 @@ CORE_SPECS = {
     "rim-lstm": {"num_units": 6, "k": 4, "cell": "lstm", "num_tokens": 3},
     "rim-gru": {"num_units": 6, "k": 3, "cell": "gru", "num_tokens": 2, "num_comm_heads": 3},
     "rim-learnedinit": {"num_units": 6, "k": 4, "cell": "lstm", "num_tokens": 1, "learn_initial_state": True},
+    # A registered core of the user's (a plain nn.Module behind a factory function).
+    "toy": {},
+    "toy-scaled": {"scale": 0.5},
 }
 
 
@@ -314,7 +334,7 @@ def test_bad_rim_hyperparameters_raise(kwargs: dict, message: str) -> None:
 
 
 def test_make_core_rejects_unknown_names_and_arguments() -> None:
-    with pytest.raises(ValueError, match="core must be one of"):
+    with pytest.raises(UnknownCoreError, match="unknown core 'transformer'.*register_core"):
         make_core("transformer", INPUT, HIDDEN)
     with pytest.raises(ValueError, match="bad arguments"):
         make_core("lstm", INPUT, HIDDEN, num_units=6)
@@ -379,3 +399,48 @@ def test_position_competition_lets_each_token_be_read_by_position_k_units() -> N
     assert torch.equal(core.last_active_mask.sum(-1), torch.full((5, 3), 4))  # k active, as before
     with pytest.raises(ValueError, match="position_k must be None or an integer in"):
         RIM(32, 48, num_units=6, num_tokens=8, position_k=7)
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry
+# ----------------------------------------------------------------------------------------------
+
+
+def test_registered_core_is_listed_and_built_by_name() -> None:
+    assert core_names()[:4] == BUILTIN_CORES and toy_plugin.TOY_CORE in core_names()
+    assert CORES["toy"] is toy_plugin.make_toy
+    spec = core_spec("toy")
+    assert (spec.inputs, spec.hidden_size, spec.preset, spec.builtin) == (("vector",), 16, "lstm", False)
+    assert isinstance(make_core("toy", INPUT, HIDDEN, scale=2.0), toy_plugin.ToyRNN)
+    with pytest.raises(ValueError, match="bad arguments for core 'toy'"):
+        make_core("toy", INPUT, HIDDEN, num_units=3)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (("lstm", LSTM), {}, "one of rimrl's own cores"),
+        (("My Core", LSTM), {}, "core name must match"),
+        (("mine", "not callable"), {}, "must be callable"),
+        (("mine", LSTM), {"inputs": ("pixels",)}, "inputs for core 'mine'"),
+        (("mine", LSTM), {"hidden_size": 0}, "hidden_size"),
+        (("mine", LSTM), {"preset": "toy"}, "preset for core 'mine'"),
+        (("mine", LSTM), {"default_kwargs": {"num_tokens": 2}}, "comes from the encoder"),
+    ],
+)
+def test_register_core_rejects_bad_registrations(args: tuple, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        register_core(*args, **kwargs)
+    assert "mine" not in core_names()
+
+
+def test_a_factory_that_breaks_the_contract_is_named() -> None:
+    register_core("wrong-width", lambda input_size, hidden_size: LSTM(input_size, hidden_size + 1))
+    try:
+        with pytest.raises(ValueError, match="'wrong-width' does not follow the core contract"):
+            make_core("wrong-width", INPUT, HIDDEN)
+    finally:
+        unregister_core("wrong-width")
+    assert "wrong-width" not in core_names() and "wrong-width" not in CORES
+    with pytest.raises(ValueError, match="cannot be removed"):
+        unregister_core("rim")

@@ -111,15 +111,48 @@ def test_family_and_atari_detection() -> None:
     assert not is_atari("CartPole-v1") and not is_atari("MiniGrid-Fetch-8x8-N3-v0")
 
 
-def test_unknown_id_error_lists_what_is_accepted() -> None:
+def test_unknown_id_error_suggests_close_ids() -> None:
     with pytest.raises(ValueError) as excinfo:
-        make_env("NoSuchGame-v0")
+        make_env("Qqqzzx-v9")
     message = str(excinfo.value)
-    assert "'NoSuchGame-v0'" in message
-    assert all(env_id in message for env_id in VARIANT_SPECS)
-    assert "ALE/Breakout-v5" in message and "'Breakout'" in message
-    with pytest.raises(ValueError):
-        env_family("CartPole-v1")
+    assert "unknown env id 'Qqqzzx-v9'" in message and "--gym-packages" in message
+    assert len(message.splitlines()) == 1
+    with pytest.raises(ValueError, match=r"unknown env id 'CartPol-v1'; did you mean CartPole-v1\?"):
+        env_family("CartPol-v1")
+    with pytest.raises(ValueError, match=r"did you mean rimrl/Pickup-Train-v0\?"):
+        make_env("rimrl/Pickup-Trian-v0")
+
+
+def test_any_gymnasium_id_is_a_vector_or_image_env() -> None:
+    assert env_family("CartPole-v1") == "vector" and env_family("Pendulum-v1") == "vector"
+    venv = make_env("Pendulum-v1", n_envs=2, seed=0)
+    assert venv.observation_space.shape == (3,) and venv.action_space.shape == (1,)
+    obs = venv.reset()
+    assert obs.shape == (2, 3)
+    venv.close()
+
+
+def test_env_wrappers_apply_to_every_env_in_order() -> None:
+    from gymnasium.wrappers import TimeLimit
+
+    wrappers = [{"gymnasium.wrappers:TimeLimit": {"max_episode_steps": 3}}, "gymnasium.wrappers:FlattenObservation"]
+    venv = make_env("CartPole-v1", n_envs=2, seed=0, wrappers=wrappers)
+    assert all(isinstance(env.env.env, TimeLimit) for env in venv.envs)  # Monitor(Flatten(TimeLimit(...)))
+    venv.reset()
+    for _ in range(3):
+        _, _, dones, infos = venv.step(np.zeros(2, dtype=np.int64))
+    assert dones.all() and infos[0]["episode"]["l"] == 3
+    venv.close()
+    # MiniGrid: the wrapper sees the rimrl dict observation.
+    suite = make_env(TRAIN_ID, n_envs=1, wrappers={"gymnasium.wrappers:FilterObservation": {"filter_keys": ["grid"]}})
+    assert list(suite.observation_space.spaces) == ["grid"]
+    suite.close()
+    for bad, message in ((3, "bad env wrapper"), ("gymnasium.wrappers:Nope", "cannot import"),
+                         ({"gymnasium.wrappers:TimeLimit": 5}, "must be a mapping")):
+        with pytest.raises(ValueError, match=message):
+            make_env("CartPole-v1", wrappers=bad)
+    with pytest.raises(ValueError, match="not supported for Atari"):
+        make_env("Breakout", wrappers="gymnasium.wrappers:TimeLimit")
 
 
 @pytest.mark.parametrize(

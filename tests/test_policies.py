@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+import toy_plugin
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
@@ -28,10 +29,13 @@ from rimrl.policies import (
     RIMPolicy,
     VectorTokenEncoder,
     make_encoder,
+    policy_for_core,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 AVAILABLE_CORES = [name for name in ("lstm", "gru", "rim", "srm") if name in CORES]
+#: The built-in cores and a registered one of the user's (tests/toy_plugin.py).
+WITH_TOY = [*AVAILABLE_CORES, toy_plugin.TOY_CORE]
 # Small, fast PPO settings for smoke training.
 FAST = dict(n_steps=64, batch_size=128, n_epochs=2, learning_rate=3e-4)
 
@@ -59,9 +63,10 @@ def imgobs_env(n_envs: int = 4, seed: int = 0):
 
 
 def small_policy_kwargs(core: str) -> dict:
+    extra = policy_for_core(core)[1]  # {"core": name} for a registered core
     if core in ("rim", "srm"):
-        return dict(lstm_hidden_size=48)
-    return dict(lstm_hidden_size=32)
+        return dict(lstm_hidden_size=48, **extra)
+    return dict(lstm_hidden_size=32, **extra)
 
 
 # ------------------------------------------------------------------------------------------ encoders
@@ -220,11 +225,11 @@ def _random_sequences(n_seq: int, seq_len: int, features: int, hidden: int, seed
     return x, starts, states
 
 
-@pytest.mark.parametrize("core", AVAILABLE_CORES)
+@pytest.mark.parametrize("core", WITH_TOY)
 def test_one_call_sequence_matches_per_step_loop(core):
     """Our _process_sequence (one core call) == sb3-contrib's per-step loop, resets mid-sequence included."""
     env = suite_env(n_envs=1)
-    policy = RecurrentPPO(POLICIES[core], env, n_steps=8, batch_size=8, policy_kwargs=small_policy_kwargs(core)).policy
+    policy = RecurrentPPO(policy_for_core(core)[0], env, n_steps=8, batch_size=8, policy_kwargs=small_policy_kwargs(core)).policy
     policy.set_training_mode(False)
     core_module = policy.lstm_actor
     x, starts, states = _random_sequences(5, 17, core_module.input_size, core_module.hidden_size)
@@ -281,11 +286,11 @@ def test_shared_core_value_gradient_reaches_core():
 # ------------------------------------------------------------------------------------------ training
 
 
-@pytest.mark.parametrize("core", AVAILABLE_CORES)
+@pytest.mark.parametrize("core", WITH_TOY)
 @pytest.mark.parametrize("env_kind", ["minigrid", "cartpole"])
 def test_each_core_trains(core, env_kind):
     env = suite_env(n_envs=4) if env_kind == "minigrid" else make_vec_env("CartPole-v1", n_envs=4, seed=0)
-    model = RecurrentPPO(POLICIES[core], env, seed=0, policy_kwargs=small_policy_kwargs(core), **FAST)
+    model = RecurrentPPO(policy_for_core(core)[0], env, seed=0, policy_kwargs=small_policy_kwargs(core), **FAST)
     before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(1024)
     assert model.num_timesteps >= 1024

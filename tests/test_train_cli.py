@@ -212,8 +212,14 @@ def test_existing_run_dir_is_refused_then_overwritten(tmp_path: Path, capsys: py
 @pytest.mark.parametrize(
     ("extra", "fragments"),
     [
-        (["--env", "NoSuchEnv-v0"], ["Unknown env id 'NoSuchEnv-v0'"]),
-        (["--core", "transformer"], ["invalid choice", "transformer"]),
+        (["--env", "NoSuchEnv-v0"], ["unknown env id 'NoSuchEnv-v0'", "--gym-packages"]),
+        (["--env", "CartPol-v1"], ["unknown env id 'CartPol-v1'; did you mean CartPole-v1?"]),
+        (["--core", "transformer"], ["unknown core 'transformer'", "lstm, gru, rim, srm", "register_core"]),
+        (["--gym-packages", "no_such_package_xyz"], ["cannot import gym package 'no_such_package_xyz'"]),
+        (["--env", "CartPole-v1", "--env-wrapper", "gymnasium.wrappers:NoSuchWrapper"], ["NoSuchWrapper"]),
+        (["--env", "CartPole-v1", "--env-wrapper", "gymnasium.wrappers:TimeLimit"], ["cannot make 'CartPole-v1'",
+                                                                                    "max_episode_steps"]),
+        (["--env", "Pendulum-v1", "--env-kwargs", "g=abc"], ["cannot make 'Pendulum-v1'", "--env-kwargs"]),
         (["--hyperparams", "n_stepz=64"], ["unknown key 'n_stepz'"]),
         (["--hyperparams", "n_steps=abc"], ["n_steps", "wrong type", "int"]),
         (["--hyperparams", "policy_kwargs.core_kwargs.k=2.5"], ["core_kwargs.k", "wrong type"]),

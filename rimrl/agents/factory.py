@@ -15,9 +15,10 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.vec_env import VecEnv
 
 from rimrl.agents.presets import resolve_hyperparams
-from rimrl.policies import POLICIES, is_minigrid_space
+from rimrl.cores import UnknownCoreError, is_registered
+from rimrl.policies import is_minigrid_space, policy_for_core
 
-__all__ = ["AgentLoadError", "infer_family", "load_agent", "make_agent"]
+__all__ = ["AgentLoadError", "check_core_registered", "infer_family", "load_agent", "make_agent"]
 
 
 class AgentLoadError(ValueError):
@@ -43,6 +44,7 @@ def make_agent(
     verbose: int = 0,
     device: str = "auto",
     allow_imports: bool = False,
+    env_id: str | None = None,
     **overrides: Any,
 ) -> RecurrentPPO:
     """A ``RecurrentPPO`` with the ``core``'s policy and the family preset's hyperparameters.
@@ -50,8 +52,11 @@ def make_agent(
     :param env: an env id (built with ``rimrl.envs.make_env`` using the preset's ``n_envs``), a
         gymnasium env or an SB3 ``VecEnv`` (its family is inferred from the observation space;
         the preset's ``n_envs`` is then ignored: the env decides).
-    :param core: ``"lstm"``, ``"gru"``, ``"rim"`` or ``"srm"``.
+    :param core: ``"lstm"``, ``"gru"``, ``"rim"``, ``"srm"`` or a core registered with
+        :func:`rimrl.cores.register_core` (it runs in :class:`~rimrl.policies.ModularRecurrentPolicy`).
     :param preset: see :func:`rimrl.agents.resolve_hyperparams` (``None``: the family's YAML).
+    :param env_id: with an env object, the id it was made from: the preset's ``envs.<id>``
+        settings then apply as they do for an id string.
     :param overrides: RecurrentPPO arguments or dotted ``policy_kwargs`` paths, e.g.
         ``make_agent(env, "rim", **{"policy_kwargs.core_kwargs.k": 3, "learning_rate": 1e-4})``.
     :param allow_imports: let ``policy_kwargs.*_class`` import modules outside
@@ -59,17 +64,19 @@ def make_agent(
     :raises ValueError: unknown keys, a disallowed import, or invalid core hyperparameters (e.g.
         ``k > num_units``), raised while the policy is built.
     """
-    if core not in POLICIES:
-        raise ValueError(f"core must be one of {sorted(POLICIES)}, got {core!r}")
+    policy_class, core_policy_kwargs = policy_for_core(core)  # UnknownCoreError (a ValueError)
     family_or_id = env if isinstance(env, str) else infer_family(env.observation_space)
-    params = resolve_hyperparams(family_or_id, core, preset=preset, overrides=overrides, allow_imports=allow_imports)
+    params = resolve_hyperparams(family_or_id, core, preset=preset, overrides=overrides, allow_imports=allow_imports,
+                                 env_id=env_id)
     n_envs = params.pop("n_envs", 8)
+    if core_policy_kwargs:
+        params["policy_kwargs"] = {**(params.get("policy_kwargs") or {}), **core_policy_kwargs}
     if isinstance(env, str):
         from rimrl.envs import make_env
 
         env = make_env(env, n_envs=n_envs, seed=0 if seed is None else seed)
     return RecurrentPPO(
-        POLICIES[core],
+        policy_class,
         env,
         seed=seed,
         tensorboard_log=tensorboard_log,
@@ -99,6 +106,17 @@ def _find_zip(path: str | Path) -> Path:
 
 def _one_line(space: spaces.Space) -> str:
     return " ".join(str(space).split())
+
+
+def check_core_registered(core: Any, path: str | Path) -> None:
+    """Raise a one-line :class:`AgentLoadError` if the core a saved agent uses (``None``: not a
+    rimrl policy) is not registered in this process."""
+    if core is not None and not is_registered(core):
+        raise AgentLoadError(
+            f"{str(path)!r} uses core {core!r}, which is not registered in this process: call "
+            f"rimrl.cores.register_core({core!r}, factory) first (import the module that does; train.py: "
+            f"--gym-packages <module>)"
+        )
 
 
 def load_agent(
@@ -147,6 +165,8 @@ def load_agent(
     policy_class = (data or {}).get("policy_class")
     if not (isinstance(policy_class, type) and issubclass(policy_class, RecurrentActorCriticPolicy)):
         raise AgentLoadError(f"{str(file)!r} does not hold a RecurrentPPO agent (policy class: {policy_class!r})")
+    saved_core = ((data or {}).get("policy_kwargs") or {}).get("core", getattr(policy_class, "default_core", None))
+    check_core_registered(saved_core, file)
 
     if env is not None:
         if isinstance(env, str):
@@ -164,6 +184,9 @@ def load_agent(
     try:
         return RecurrentPPO.load(file, env=env, device=device)
     except AgentLoadError:
+        raise
+    except UnknownCoreError as error:  # a policy class that names its core another way
+        check_core_registered(error.name, file)
         raise
     except Exception as error:
         raise AgentLoadError(f"could not load {str(file)!r}: {type(error).__name__}: {error}") from error

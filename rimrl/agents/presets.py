@@ -5,6 +5,17 @@ A preset file (``configs/<family>.yml``) has a ``default`` section and one secti
 (rl-zoo3 style). Keys are ``RecurrentPPO.__init__`` arguments plus ``n_envs`` (consumed by the
 caller, see :func:`preset_n_envs`); ``policy_kwargs`` holds the policy's arguments
 (``lstm_hidden_size``, ``core_kwargs``, ...). Schedules are written ``"lin_<value>"``.
+
+An optional ``envs`` section holds settings for single env ids, merged over the family's (as
+rl-zoo3 keys its presets by env id)::
+
+    envs:
+      Pendulum-v1:            # a flat mapping (every core) or default/<core> sections
+        default: {gamma: 0.9}
+        rim: {policy_kwargs: {lstm_hidden_size: 64}}
+
+A core registered with :func:`rimrl.cores.register_core` uses its own section when the file has
+one, else the section of the built-in core it names as ``preset`` (the LSTM's by default).
 """
 
 from __future__ import annotations
@@ -22,7 +33,9 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.utils import LinearSchedule
 from torch import nn
 
-from rimrl.policies.modular import CORE_NAMES, ModularRecurrentPolicy
+from rimrl.cores import core_names, core_spec
+from rimrl.cores.registry import core_factory_parameters
+from rimrl.policies.modular import ModularRecurrentPolicy
 
 __all__ = [
     "ALLOWED_IMPORTS",
@@ -43,6 +56,13 @@ __all__ = [
 
 #: Env families with a preset file ``configs/<family>.yml``.
 FAMILIES = ("minigrid", "atari", "vector")
+#: Families that read another family's preset file: gymnasium envs with image observations (not
+#: Atari) take the Atari preset, whose CNN token encoder is picked from the space anyway.
+PRESET_FILE_OF_FAMILY = {"image": "atari"}
+#: The preset section that holds per-env-id settings.
+ENVS_SECTION = "envs"
+# Sections every preset may hold, registered or not (rimrl's own cores).
+BUILTIN_SECTIONS = ("lstm", "gru", "rim", "srm")
 #: Environment variable that points at another presets folder.
 CONFIG_DIR_ENV = "RIMRL_CONFIG_DIR"
 
@@ -126,8 +146,8 @@ def config_dir() -> Path:
 
 
 def resolve_family(env_family_or_id: str) -> str:
-    """A family name (``"minigrid"``, ``"atari"``, ``"vector"``) or an env id -> its family."""
-    if env_family_or_id in FAMILIES:
+    """A family name (``"minigrid"``, ``"atari"``, ``"vector"``, ``"image"``) or an env id -> its family."""
+    if env_family_or_id in FAMILIES or env_family_or_id in PRESET_FILE_OF_FAMILY:
         return env_family_or_id
     try:
         from rimrl.envs import env_family
@@ -199,20 +219,20 @@ def allowed_policy_kwargs() -> list[str]:
     return sorted(_signature_keys(ModularRecurrentPolicy.__init__) - _RESERVED_POLICY_KEYS)
 
 
-def _core_class(core: str) -> type | None:
-    from rimrl.cores import CORES
-
-    return CORES.get(core)
-
-
 def allowed_core_kwargs(core: str) -> list[str] | None:
-    """Constructor arguments of ``core`` that ``core_kwargs`` may set; ``None`` if the core is unavailable."""
-    if core not in CORE_NAMES:
-        raise ValueError(f"core must be one of {list(CORE_NAMES)}, got {core!r}")
-    core_class = _core_class(core)
-    if core_class is None:
+    """Constructor (factory) arguments of ``core`` that ``core_kwargs`` may set; ``None`` when
+    they cannot be known (a registered factory that takes ``**kwargs``).
+
+    :raises ValueError: ``core`` is not registered (:class:`rimrl.cores.UnknownCoreError`).
+    """
+    factory = core_spec(core).factory
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(target).parameters.values()):
+            return None
+    except (TypeError, ValueError):
         return None
-    return sorted(_signature_keys(core_class.__init__) - _RESERVED_CORE_KEYS)
+    return sorted(set(core_factory_parameters(factory)) - _RESERVED_CORE_KEYS)
 
 
 def _check_keys(found: Mapping[str, Any], allowed: list[str], where: str) -> None:
@@ -221,12 +241,14 @@ def _check_keys(found: Mapping[str, Any], allowed: list[str], where: str) -> Non
             raise ValueError(f"unknown key {key!r} in {where}; allowed keys: {', '.join(allowed) or '(none)'}")
 
 
-def import_allowed(module: str) -> bool:
-    """Whether ``module`` lies in one of :data:`ALLOWED_IMPORTS` (the package itself or below it)."""
-    return any(module == root or module.startswith(root + ".") for root in ALLOWED_IMPORTS)
+def import_allowed(module: str, allowed: tuple[str, ...] = ALLOWED_IMPORTS) -> bool:
+    """Whether ``module`` lies in one of ``allowed`` (:data:`ALLOWED_IMPORTS`; the package itself or below it)."""
+    return any(module == root or module.startswith(root + ".") for root in allowed)
 
 
-def import_object(path: str, allow_imports: bool = False, what: str = "class") -> Any:
+def import_object(
+    path: str, allow_imports: bool = False, what: str = "class", allowed: tuple[str, ...] = ALLOWED_IMPORTS
+) -> Any:
     """Import ``'package.module:Name'`` (or ``'package.module.Name'``).
 
     Importing a module runs its code, and presets, ``config.yml`` files and saved specs travel
@@ -234,15 +256,16 @@ def import_object(path: str, allow_imports: bool = False, what: str = "class") -
     imported, checked *before* anything is imported.
 
     :param what: names the setting in error messages, e.g. ``"policy_kwargs.optimizer_class"``.
+    :param allowed: the allow-list (default :data:`ALLOWED_IMPORTS`).
     :raises ValueError: a module outside the allow-list (one line naming it and ``--allow-imports``),
         or a path that does not import.
     """
     module, _, name = path.partition(":")
     if not name:
         module, _, name = path.rpartition(".")
-    if not allow_imports and not import_allowed(module):
+    if not allow_imports and not import_allowed(module, allowed):
         raise ValueError(
-            f"refusing to import {module!r} for {what} {path!r}: only {', '.join(ALLOWED_IMPORTS)} may be "
+            f"refusing to import {module!r} for {what} {path!r}: only {', '.join(allowed)} may be "
             "imported (pass --allow-imports to train.py, or allow_imports=True, to import other modules)"
         )
     try:
@@ -303,17 +326,43 @@ def _expand_dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
+def _core_section(data: Mapping[str, Any], core: str, fallback: str | None, where: str) -> dict[str, Any]:
+    """``default`` deep-merged with ``core``'s section (or, for a registered core without one,
+    ``fallback``'s); a mapping without sections is already flat hyperparameters."""
+    known = {"default", *core_names(), *BUILTIN_SECTIONS}
+    sections = set(data) & known
+    if not sections:
+        return {k: v for k, v in data.items() if k != ENVS_SECTION}
+    stray = sorted(set(data) - sections - {ENVS_SECTION})
+    if stray:
+        raise ValueError(
+            f"unknown section {stray[0]!r} in {where}; allowed sections: default, {', '.join(core_names())}, "
+            f"{ENVS_SECTION} (a section for a core of your own needs rimrl.cores.register_core first)"
+        )
+    if core in data or fallback is None:
+        return _deep_merge(data.get("default") or {}, data.get(core) or {})
+    # A registered core borrowing another core's section takes its PPO settings and width, not
+    # its core_kwargs (those are the other core's constructor arguments).
+    borrowed = copy.deepcopy(data.get(fallback) or {})
+    if isinstance(borrowed.get("policy_kwargs"), dict):
+        borrowed["policy_kwargs"].pop("core_kwargs", None)
+    return _deep_merge(data.get("default") or {}, borrowed)
+
+
 def resolve_hyperparams(
     env_family_or_id: str,
     core: str,
     preset: str | Path | Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     allow_imports: bool = False,
+    env_id: str | None = None,
 ) -> dict[str, Any]:
     """Merged, validated RecurrentPPO keyword arguments for ``core`` on an env family.
 
-    :param env_family_or_id: ``"minigrid"``, ``"atari"``, ``"vector"`` or an env id (its family).
-    :param core: ``"lstm"``, ``"gru"``, ``"rim"`` or ``"srm"``.
+    :param env_family_or_id: ``"minigrid"``, ``"atari"``, ``"vector"``, ``"image"`` or an env id (its
+        family's preset, then the preset's ``envs.<id>`` settings if any).
+    :param core: ``"lstm"``, ``"gru"``, ``"rim"``, ``"srm"`` or a registered core (which uses its
+        own section, else its ``preset`` core's; see :func:`rimrl.cores.register_core`).
     :param preset: ``None`` (the family's ``configs/<family>.yml``), a preset name or YAML path, or
         a mapping with the same layout (``default`` + per-core sections, or a flat mapping).
     :param overrides: merged last. Keys are top-level RecurrentPPO arguments (``"learning_rate"``)
@@ -321,23 +370,26 @@ def resolve_hyperparams(
         mappings deep-merge.
     :param allow_imports: let ``policy_kwargs.*_class`` name modules outside
         :data:`ALLOWED_IMPORTS` (importing runs the module's code: only for presets you trust).
+    :param env_id: the env id whose ``envs.<id>`` preset settings apply when
+        ``env_family_or_id`` is a family (an id given there is used itself).
     :return: keyword arguments for ``RecurrentPPO`` plus ``n_envs`` (pop it before passing them on;
         :func:`rimrl.agents.make_agent` does). Schedules are callables.
     :raises ValueError: an unknown key (naming it and listing the allowed ones) or a bad value.
     """
-    if core not in CORE_NAMES:
-        raise ValueError(f"core must be one of {list(CORE_NAMES)}, got {core!r}")
-    data = load_preset(resolve_family(env_family_or_id) if preset is None else preset)
-    sections = set(data) & ({"default"} | set(CORE_NAMES))
-    if sections:
-        stray = sorted(set(data) - sections)
-        if stray:
-            raise ValueError(
-                f"unknown section {stray[0]!r} in preset; allowed sections: default, {', '.join(CORE_NAMES)}"
-            )
-        params = _deep_merge(data.get("default") or {}, data.get(core) or {})
-    else:  # a flat mapping: already one core's hyperparameters
-        params = data
+    spec = core_spec(core)  # UnknownCoreError (a ValueError) for an unregistered name
+    family = resolve_family(env_family_or_id)
+    data = load_preset(PRESET_FILE_OF_FAMILY.get(family, family) if preset is None else preset)
+    params = _core_section(data, spec.name, spec.preset, "preset")
+    if env_family_or_id not in FAMILIES and env_family_or_id not in PRESET_FILE_OF_FAMILY:
+        env_id = env_family_or_id
+    per_env = data.get(ENVS_SECTION) or {}
+    if not isinstance(per_env, Mapping):
+        raise ValueError(f"section {ENVS_SECTION!r} of the preset must map env ids to settings, got {per_env!r}")
+    if env_id is not None and env_id in per_env:
+        env_data = per_env[env_id] or {}
+        if not isinstance(env_data, Mapping):
+            raise ValueError(f"preset settings for env {env_id!r} must be a mapping, got {env_data!r}")
+        params = _deep_merge(params, _core_section(dict(env_data), spec.name, spec.preset, f"preset {ENVS_SECTION}.{env_id}"))
     params = _deep_merge(params, _expand_dotted(overrides or {}))
 
     _check_keys(params, allowed_hyperparams(), "hyperparameters")
@@ -349,7 +401,7 @@ def resolve_hyperparams(
         core_kwargs = policy_kwargs["core_kwargs"] or {}
         if not isinstance(core_kwargs, Mapping):
             raise ValueError(f"policy_kwargs.core_kwargs must be a mapping, got {core_kwargs!r}")
-        allowed = allowed_core_kwargs(core)
+        allowed = allowed_core_kwargs(spec.name)
         if allowed is not None:
             _check_keys(core_kwargs, allowed, f"policy_kwargs.core_kwargs for core {core!r}")
         policy_kwargs["core_kwargs"] = dict(core_kwargs)

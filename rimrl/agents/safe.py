@@ -35,7 +35,7 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
-from rimrl.agents.factory import RUN_MODEL_FILE, AgentLoadError
+from rimrl.agents.factory import RUN_MODEL_FILE, AgentLoadError, check_core_registered
 from rimrl.agents.presets import (
     _ACTIVATIONS,
     ALLOWED_IMPORTS,
@@ -221,13 +221,20 @@ def space_from_json(data: Mapping[str, Any]) -> spaces.Space:
 
 
 def _policy_registry() -> dict[str, type[RecurrentActorCriticPolicy]]:
-    """Policy classes a spec may name: rimrl's by core name, sb3-contrib's by their aliases."""
+    """Policy classes a spec may name: rimrl's by core name (``"modular"``: the class registered
+    cores run in, their name in the spec's ``core``), sb3-contrib's by their aliases."""
     from sb3_contrib.ppo_recurrent import CnnLstmPolicy, MlpLstmPolicy, MultiInputLstmPolicy
 
-    from rimrl.policies import POLICIES
+    from rimrl.policies import POLICIES, ModularRecurrentPolicy
 
-    return {**POLICIES, "MlpLstmPolicy": MlpLstmPolicy, "CnnLstmPolicy": CnnLstmPolicy,
-            "MultiInputLstmPolicy": MultiInputLstmPolicy}
+    return {**POLICIES, "modular": ModularRecurrentPolicy, "MlpLstmPolicy": MlpLstmPolicy,
+            "CnnLstmPolicy": CnnLstmPolicy, "MultiInputLstmPolicy": MultiInputLstmPolicy}
+
+
+def _modular() -> type:
+    from rimrl.policies import ModularRecurrentPolicy
+
+    return ModularRecurrentPolicy
 
 
 def _policy_name(policy: Any) -> str:
@@ -406,6 +413,8 @@ def load_safe(path: str | Path, env: str | gym.Env | VecEnv | None = None, devic
                 f"{spec_path.name} beside each model it saves; rimrl.agents.save_weights writes them for a trusted model)"
             )
     spec = _read_spec(spec_path, weights_path)
+    if spec.get("policy") in _policy_registry() and issubclass(_policy_registry()[spec["policy"]], _modular()):
+        check_core_registered(spec.get("core"), spec_path)
     params = _read_weights(weights_path)
     saved_kwargs = spec.get("policy_kwargs")
     for key in _CLASS_KEYS:  # the allow-list is never widened here (no allow_imports)

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="extra make_env argument for the evaluation envs (repeatable), e.g. max_frames_per_episode=27000",
     )
+    parser.add_argument("--gym-packages", nargs="+", action="extend", default=[], metavar="MODULE",
+                        help="modules to import first: the env ids, cores and env wrappers the runs use "
+                        "(importing runs their code)")
     parser.add_argument("--device", default="cpu", help="torch device for the models (default: cpu)")
     trust = parser.add_mutually_exclusive_group()
     trust.add_argument("--safe", dest="safe", action="store_const", const=True, default=None,
@@ -148,6 +151,13 @@ def _main(argv: Sequence[str] | None) -> int:
     from rimrl.evaluation.report import aggregates_table, comparison_table, results_table
 
     args = build_parser().parse_args(argv)
+    if args.gym_packages:
+        from rimrl.envs.custom import import_gym_packages
+
+        try:
+            import_gym_packages(args.gym_packages)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
     if args.curves:
         return _curves(args)
     options = EvaluationOptions(

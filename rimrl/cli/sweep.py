@@ -197,12 +197,13 @@ def _probe(trial: ResolvedTrial) -> None:
     options = trial.options
     vec_env = "ale" if trial.vec_env == "ale" else "dummy"
     try:
-        env = make_env(options.env, n_envs=trial.n_envs, seed=0, vec_env=vec_env, **options.env_kwargs)
+        env = make_env(options.env, n_envs=trial.n_envs, seed=0, vec_env=vec_env, wrappers=options.env_wrapper,
+                       **options.env_kwargs)
     except (ValueError, TypeError) as error:
         raise CLIError(f"{options.name}: {one_line(error)}") from None
     try:
         make_agent(env, core=options.core, preset=trial.preset_for_agent, seed=0, device="cpu",
-                   allow_imports=options.allow_imports, **trial.overrides)
+                   allow_imports=options.allow_imports, env_id=options.env, **trial.overrides)
     except (ValueError, TypeError, AssertionError) as error:
         raise CLIError(f"{options.name}: invalid hyperparameters for core {options.core!r}: {one_line(error)}") from None
     finally:

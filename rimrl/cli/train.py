@@ -104,6 +104,8 @@ __all__ = [
     "resolve_trial",
 ]
 
+#: rimrl's own cores, in the order the help lists them; ``--core`` also takes any name given to
+#: :func:`rimrl.cores.register_core` (by a module that ``--gym-packages`` imports, say).
 CORES = ("rim", "srm", "lstm", "gru")
 VEC_ENVS = ("dummy", "subproc", "ale")
 
@@ -118,6 +120,8 @@ DEFAULTS: dict[str, Any] = {
     "preset": None,  # configs/<family>.yml
     "hyperparams": {},
     "env_kwargs": {},
+    "gym_packages": [],  # imported first: they register env ids (and cores)
+    "env_wrapper": [],  # wrapper specs (rimrl.envs.custom), applied to every env
     "log_folder": "runs",
     "tensorboard": None,  # <run dir>/tb
     "eval_freq": 25_000,
@@ -175,6 +179,8 @@ class TrainOptions:
     preset: str | None = None
     hyperparams: dict[str, Any] = field(default_factory=dict)
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    gym_packages: list[str] = field(default_factory=list)
+    env_wrapper: list[Any] = field(default_factory=list)  # "pkg.mod:Class" or {"pkg.mod:Class": {kwargs}}
     log_folder: str = DEFAULTS["log_folder"]
     tensorboard: str | None = None
     eval_freq: int = DEFAULTS["eval_freq"]
@@ -251,10 +257,13 @@ def build_parser() -> ArgumentParser:
     )
     what = parser.add_argument_group("what to train")
     what.add_argument("--env", dest="envs", nargs="+", action="extend", metavar="ENV",
-                      help="suite id (rimrl/Pickup-Train-v0), MiniGrid/BabyAI id, or Atari game (Breakout, "
-                      "ALE/Breakout-v5); several make a sweep [default: rimrl/Pickup-Train-v0]")
-    what.add_argument("--core", "--cores", dest="cores", nargs="+", action="extend", choices=CORES,
-                      metavar="CORE", help=f"recurrent core(s): {', '.join(CORES)} [default: rim]")
+                      help="any gymnasium env id (CartPole-v1, Pendulum-v1, MiniGrid/BabyAI ids, "
+                      "rimrl/Pickup-Train-v0, ...) or Atari game (Breakout, ALE/Breakout-v5); several make a sweep "
+                      "[default: rimrl/Pickup-Train-v0]")
+    # No argparse `choices`: registered cores exist only once --gym-packages are imported, after parsing.
+    what.add_argument("--core", "--cores", dest="cores", nargs="+", action="extend",
+                      metavar="CORE", help=f"recurrent core(s): {', '.join(CORES)} or a name registered with "
+                      "rimrl.cores.register_core [default: rim]")
     what.add_argument("--seed", "--seeds", dest="seeds", nargs="+", action="extend", type=_int_arg,
                       metavar="SEED", help="seed(s) [default: 0]")
     what.add_argument("-n", "--n-timesteps", type=_int_arg, metavar="N",
@@ -274,6 +283,12 @@ def build_parser() -> ArgumentParser:
                        "policy_kwargs.core_kwargs.k=3")
     what.add_argument("--env-kwargs", nargs="+", action="extend", metavar="KEY=VALUE", default=None,
                       help="extra make_env arguments, YAML-typed (Atari: frame_stack=4 ...)")
+    what.add_argument("--gym-packages", nargs="+", action="extend", metavar="MODULE", default=None,
+                      help="modules to import first, for the env ids (and rimrl cores) they register "
+                      "(importing runs their code)")
+    what.add_argument("--env-wrapper", nargs="+", action="extend", metavar="MODULE:CLASS", default=None,
+                      help="gymnasium wrapper(s) applied to every env, innermost first (importing runs the "
+                      "module's code; a --config file's env_wrapper needs --allow-imports outside gymnasium/rimrl)")
     out = parser.add_argument_group("output")
     out.add_argument("-f", "--log-folder", metavar="DIR", help="root of the run directories [default: runs]")
     out.add_argument("-tb", "--tensorboard", nargs="?", const="", metavar="DIR",
@@ -302,8 +317,9 @@ def build_parser() -> ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run(s) from the latest checkpoint")
     run.add_argument("--overwrite", action="store_true", help="delete existing run directories first")
     run.add_argument("--allow-imports", action="store_true",
-                     help="let policy_kwargs.*_class import modules outside torch.nn, torch.optim, "
-                     "stable_baselines3, sb3_contrib and rimrl (importing runs their code)")
+                     help="let policy_kwargs.*_class, and a --config file's gym_packages / env_wrapper, import "
+                     "modules outside torch.nn, torch.optim, stable_baselines3, sb3_contrib, rimrl (and gymnasium "
+                     "for wrappers); importing runs their code")
     run.add_argument("--device", help="torch device: auto | cpu | cuda[:i] [default: auto]")
     run.add_argument("--threads", type=_int_arg, metavar="N", help="torch threads per trial [default: 1]")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
@@ -328,7 +344,9 @@ def _config_file_values(path: str) -> dict[str, Any]:
         if target not in DEFAULTS:
             allowed = sorted(set(DEFAULTS) | set(_CONFIG_ALIASES))
             raise CLIError(f"unknown key {key!r} in --config file {path!r}; allowed keys: {', '.join(allowed)}")
-        if target in ("envs", "cores", "seeds") and not isinstance(value, list):
+        if target in ("envs", "cores", "seeds", "gym_packages") and not isinstance(value, list):
+            value = [value]
+        if target == "env_wrapper" and value is not None and not isinstance(value, list):
             value = [value]
         if target in ("hyperparams", "env_kwargs") and not isinstance(value, Mapping):
             raise CLIError(f"{key!r} in --config file {path!r} must be a mapping")
@@ -342,10 +360,58 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def _validate_settings(settings: dict[str, Any]) -> None:
-    for core in settings["cores"]:
-        if core not in CORES:
-            raise CLIError(f"unknown core {core!r}; choose from {', '.join(CORES)}")
+def _check_core(core: Any) -> None:
+    from rimrl.cores import core_names, is_registered
+
+    if not is_registered(core):
+        raise CLIError(f"unknown core {core!r}; choose from {', '.join(core_names())} (a core of your own: "
+                       "rimrl.cores.register_core in a module given to --gym-packages)")
+
+
+def _check_imports(settings: Mapping[str, Any]) -> None:
+    """``gym_packages`` must be module names and ``env_wrapper`` wrapper specs."""
+    from rimrl.envs.custom import normalize_wrappers
+
+    packages = settings["gym_packages"]
+    if not isinstance(packages, list) or not all(isinstance(p, str) and p for p in packages):
+        raise CLIError(f"gym_packages must be a list of module names, got {packages!r}")
+    try:
+        normalize_wrappers(settings["env_wrapper"])
+    except ValueError as error:
+        raise CLIError(one_line(error)) from None
+
+
+def _refuse_file_imports(file_values: Mapping[str, Any], path: str) -> None:
+    """What a ``--config`` file asks to import must lie under the wrapper allow-list unless
+    ``--allow-imports``: files travel between people, a flag was typed by the user."""
+    from rimrl.agents.presets import import_allowed
+    from rimrl.envs.custom import WRAPPER_IMPORTS, wrapper_modules
+
+    modules = [*(file_values.get("gym_packages") or []), *wrapper_modules(file_values.get("env_wrapper"))]
+    for module in modules:
+        if not import_allowed(str(module), WRAPPER_IMPORTS):
+            raise CLIError(
+                f"refusing to import {module!r} named in --config file {path!r}: a file may only name modules "
+                f"under {', '.join(WRAPPER_IMPORTS)}; pass --allow-imports if you trust it (or give it as "
+                "--gym-packages / --env-wrapper on the command line)"
+            )
+
+
+def import_packages(packages: Sequence[str]) -> None:
+    """Import ``--gym-packages`` (:class:`CLIError` if one does not import)."""
+    from rimrl.envs.custom import import_gym_packages
+
+    try:
+        import_gym_packages(packages)
+    except ValueError as error:
+        raise CLIError(one_line(error)) from None
+
+
+def _validate_settings(settings: dict[str, Any], resume: bool = False) -> None:
+    # On --resume a core may be registered by the run's recorded gym_packages, which resolve_trial
+    # imports: it checks the core then.
+    for core in [] if resume else settings["cores"]:
+        _check_core(core)
     for seed in settings["seeds"]:
         _check_int("seed", seed, 0)
     _check_int("n_timesteps", settings["n_timesteps"], 1)
@@ -375,6 +441,11 @@ def _validate_settings(settings: dict[str, Any]) -> None:
         raise CLIError(f"eval_variants must be a list of variant names, got {variants!r}")
 
 
+def explicit_cli(cli_values: Mapping[str, Any]) -> set[str]:
+    """The settings given as flags (they win over the ``--config`` file's)."""
+    return {key for key, value in cli_values.items() if value is not None}
+
+
 def build_trials(args: Any, argv: Sequence[str]) -> list[TrainOptions]:
     """Parsed flags (+ ``--config``) -> one :class:`TrainOptions` per (env, core, seed), grid order."""
     file_values = _config_file_values(args.config) if args.config else {}
@@ -398,7 +469,15 @@ def build_trials(args: Any, argv: Sequence[str]) -> list[TrainOptions]:
             explicit.add(key)
     if args.resume and args.overwrite:
         raise CLIError("--resume and --overwrite exclude each other")
-    _validate_settings(settings)
+    for key in ("gym_packages", "env_wrapper"):
+        if settings[key] is None:
+            settings[key] = []
+    _check_imports(settings)
+    if not args.allow_imports:
+        _refuse_file_imports({k: v for k, v in file_values.items() if k not in explicit_cli(cli_values)},
+                             args.config or "")
+    import_packages(settings["gym_packages"])  # before the cores are checked: they may register some
+    _validate_settings(settings, resume=args.resume)
     if settings["tensorboard"] == "":
         settings["tensorboard"] = None
 
@@ -513,8 +592,13 @@ def check_hyperparam_types(params: Mapping[str, Any], core: str) -> None:
     policy_hints = typing.get_type_hints(ModularRecurrentPolicy.__init__)
     check(policy_hints, {k: v for k, v in policy_kwargs.items() if k != "core_kwargs"}, "policy_kwargs.")
     core_kwargs = policy_kwargs.get("core_kwargs") or {}
-    if core in CORE_CLASSES:
-        check(typing.get_type_hints(CORE_CLASSES[core].__init__), core_kwargs, "policy_kwargs.core_kwargs.")
+    factory = CORE_CLASSES.get(core)
+    if factory is not None:
+        try:  # a registered factory's annotations may not resolve (forward refs): then unchecked
+            hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+        except Exception:
+            hints = {}
+        check(hints, core_kwargs, "policy_kwargs.core_kwargs.")
 
 
 #: Ranges of RecurrentPPO's numeric hyperparameters: name -> (low, high, low inclusive, high inclusive).
@@ -592,7 +676,7 @@ def _check_run_dir(options: TrainOptions) -> None:
 
 
 #: On ``--resume`` these stay as the run saved them (they define the experiment) ...
-_RESUME_KEPT = ("n_envs", "vec_env", "preset", "eval_deterministic", "env_kwargs")
+_RESUME_KEPT = ("n_envs", "vec_env", "preset", "eval_deterministic", "env_kwargs", "env_wrapper", "gym_packages")
 #: ... and these follow the command line when given there, else the saved value.
 _RESUME_UPDATABLE = ("n_timesteps", "eval_freq", "eval_episodes", "eval_variants", "save_freq", "keep_checkpoints",
                      "tensorboard", "device")
@@ -624,15 +708,11 @@ def resolve_trial(options: TrainOptions, say: Any = None) -> ResolvedTrial:
     :raises CLIError: any bad input (the message is one line).
     """
     from rimrl.agents import resolve_hyperparams
-    from rimrl.envs import env_family
+    from rimrl.envs import env_family, is_atari
+    from rimrl.envs.factory import is_gym_id, unknown_id_message
 
     say = say or (lambda message: None)
-    if options.core not in CORES:
-        raise CLIError(f"unknown core {options.core!r}; choose from {', '.join(CORES)}")
-    try:
-        family = env_family(options.env)
-    except ValueError as error:
-        raise CLIError(one_line(error)) from None
+    import_packages(options.gym_packages)  # again: a sweep worker is a fresh process
 
     saved: dict[str, Any] | None = None
     resume_from: Path | None = None
@@ -647,6 +727,18 @@ def resolve_trial(options: TrainOptions, say: Any = None) -> ResolvedTrial:
         resume_from = checkpoints[0][1] if checkpoints else None
     elif options.resume and list_checkpoints(options.run_dir):
         raise CLIError(f"cannot resume {str(options.run_dir)!r}: it has checkpoints but no {CONFIG_FILE}")
+    if saved is not None:
+        import_packages(options.gym_packages)  # the run's own, kept on --resume
+    _check_core(options.core)
+    if not is_gym_id(options.env) and not is_atari(options.env):
+        raise CLIError(unknown_id_message(options.env))  # nothing created for an unknown id
+    try:
+        # Ids beyond the suites, MiniGrid and Atari are built once here (with the wrappers) to see
+        # whether their observation is a vector or an image.
+        family = env_family(options.env, env_kwargs=options.env_kwargs, wrappers=options.env_wrapper)
+    except Exception as error:  # a bad wrapper or --env-kwargs fails inside gymnasium or the wrapper
+        given = f" with --env-kwargs {to_yaml_safe(options.env_kwargs)}" if options.env_kwargs else ""
+        raise CLIError(f"{one_line(error)}{given}") from None
 
     if saved is not None:
         # The saved hyperparameters are complete: use them as a flat preset (no preset file re-read).
@@ -658,8 +750,9 @@ def resolve_trial(options: TrainOptions, say: Any = None) -> ResolvedTrial:
     if options.n_envs is not None:
         overrides["n_envs"] = options.n_envs
     try:
-        params = resolve_hyperparams(options.env, options.core, preset=preset_for_agent, overrides=overrides,
-                                     allow_imports=options.allow_imports)
+        params = resolve_hyperparams(family, options.core,
+                                     preset=preset_for_agent, overrides=overrides, allow_imports=options.allow_imports,
+                                     env_id=options.env)
     except ValueError as error:
         raise CLIError(one_line(error)) from None
     check_hyperparam_types(params, options.core)
@@ -712,7 +805,8 @@ def make_train_env(trial: ResolvedTrial, session: int) -> Any:
     seed = options.seed + SESSION_SEED_STRIDE * session
     try:
         with _sigint_ignored(trial.vec_env == "subproc"):
-            venv = make_env(options.env, n_envs=trial.n_envs, seed=seed, vec_env=trial.vec_env, **options.env_kwargs)
+            venv = make_env(options.env, n_envs=trial.n_envs, seed=seed, vec_env=trial.vec_env,
+                            wrappers=options.env_wrapper, **options.env_kwargs)
     except Exception as error:  # bad --env-kwargs end in asserts deep in gymnasium/minigrid too
         given = f" (with --env-kwargs {to_yaml_safe(options.env_kwargs)})" if options.env_kwargs else ""
         raise CLIError(f"cannot make {options.env!r}{given}: {type(error).__name__} {one_line(error)}".rstrip()) from None
@@ -755,7 +849,8 @@ def make_eval_env(trial: ResolvedTrial, env_id: str | None = None) -> Any:
     vec_env = "ale" if trial.vec_env == "ale" else "dummy"
     kwargs = eval_env_kwargs(env_id, None, trial.options.env_kwargs)
     try:
-        return make_env(env_id, n_envs=n_envs, seed=trial.options.seed + EVAL_SEED_OFFSET, vec_env=vec_env, **kwargs)
+        return make_env(env_id, n_envs=n_envs, seed=trial.options.seed + EVAL_SEED_OFFSET, vec_env=vec_env,
+                        wrappers=trial.options.env_wrapper, **kwargs)
     except Exception as error:
         raise CLIError(f"cannot make the evaluation env {env_id!r}: {type(error).__name__} {one_line(error)}".rstrip()) from None
 
@@ -1024,6 +1119,8 @@ class Trainer:
             "preset": options.preset,
             "hyperparams": to_yaml_safe(trial.params),
             "env_kwargs": to_yaml_safe(options.env_kwargs),
+            "gym_packages": list(options.gym_packages),
+            "env_wrapper": to_yaml_safe(list(options.env_wrapper)),
             "overrides": to_yaml_safe(saved.get("overrides", options.hyperparams)),
             "family": trial.family,
             "eval_freq": options.eval_freq,
@@ -1076,7 +1173,7 @@ class Trainer:
             return make_agent(
                 env, core=options.core, preset=trial.preset_for_agent, seed=options.seed,
                 tensorboard_log=str(self.tensorboard_dir), verbose=0, device=options.device,
-                allow_imports=options.allow_imports, **trial.overrides,
+                allow_imports=options.allow_imports, env_id=options.env, **trial.overrides,
             )
         except (ValueError, TypeError, AssertionError) as error:
             raise CLIError(f"invalid hyperparameters for core {options.core!r}: {one_line(error)}") from None

@@ -103,10 +103,8 @@ def _is_known_env(env_id: str) -> bool:
 def _family_or_error(env_id: str) -> str:
     try:
         return env_family(env_id)
-    except ValueError:
-        raise EvaluationInputError(
-            f"unknown env {env_id!r}: use a distractor-suite id (e.g. 'rimrl/Pickup-Train-v0'), a MiniGrid id or an Atari game"
-        ) from None
+    except ValueError as error:  # "unknown env id ...; did you mean ...?"
+        raise EvaluationInputError(" ".join(str(error).split())) from None
 
 
 def eval_env_kwargs(
@@ -157,9 +155,34 @@ def make_single_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> Si
     MiniGrid renders ``rgb_array`` frames (the agent's view highlighted); Atari shows the agent's
     own newest 84x84 frame, enlarged 3x.
     """
-    if env_family(env_id) == "atari":
+    family = env_family(env_id)
+    if family == "atari":
         return _single_atari(env_id, env_kwargs or {})
-    return _single_minigrid(env_id, env_kwargs or {})
+    if family == "minigrid":
+        return _single_minigrid(env_id, env_kwargs or {})
+    return _single_gym(env_id, env_kwargs or {})
+
+
+def _single_gym(env_id: str, env_kwargs: dict[str, Any]) -> SingleEnv:
+    """Any other gymnasium id: ``gym.make`` (``rgb_array`` frames unless the run set a render mode)
+    and the run's wrappers, as :func:`~rimrl.envs.make_env` builds each of its envs."""
+    from rimrl.envs.custom import apply_wrappers, resolve_wrappers
+
+    kwargs = {k: v for k, v in env_kwargs.items() if k not in ("monitor_dir", "wrappers")}
+    kwargs.setdefault("render_mode", "rgb_array")
+    env = apply_wrappers(gym.make(env_id, **kwargs), resolve_wrappers(env_kwargs.get("wrappers")))
+    space = env.action_space
+
+    def reset(seed: int) -> Any:
+        return env.reset(seed=seed)[0]
+
+    def step(action: Any) -> tuple[Any, float, bool, dict[str, Any]]:
+        # predict returns a batch of one: back to the single env's action (an int for Discrete).
+        action = np.asarray(action).reshape(space.shape)
+        obs, reward, terminated, truncated, info = env.step(int(action) if isinstance(space, spaces.Discrete) else action)
+        return obs, float(reward), bool(terminated or truncated), info
+
+    return SingleEnv(reset, step, lambda: env.render(), env.close)
 
 
 def _single_minigrid(env_id: str, env_kwargs: dict[str, Any]) -> SingleEnv:

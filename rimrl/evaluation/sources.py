@@ -65,6 +65,27 @@ def _seed_of(config: dict[str, Any], run_dir: Path | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _check_wrapper_imports(wrappers: Any, config_path: Path | None) -> None:
+    """A run's ``env_wrapper`` may import only modules under gymnasium/rimrl's allow-list, or ones
+    already imported (``--gym-packages``): a ``config.yml`` is a file that travels, and importing a
+    module runs its code."""
+    import sys
+
+    from rimrl.agents.presets import import_allowed
+    from rimrl.envs.custom import WRAPPER_IMPORTS, wrapper_modules
+
+    try:
+        modules = wrapper_modules(wrappers)
+    except ValueError as error:
+        raise EvaluationInputError(f"bad env_wrapper in {str(config_path)!r}: {error}") from None
+    for module in modules:
+        if module not in sys.modules and not import_allowed(module, WRAPPER_IMPORTS):
+            raise EvaluationInputError(
+                f"{str(config_path)!r} wraps its env with a class from {module!r}: pass --gym-packages {module} "
+                "to import it (importing runs its code)"
+            )
+
+
 def resolve_source(argument: str | Path, env: str | None = None, checkpoint: str = "final") -> ModelSource:
     """Resolve one command-line argument (run directory or ``.zip``) to a :class:`ModelSource`.
 
@@ -92,6 +113,10 @@ def resolve_source(argument: str | Path, env: str | None = None, checkpoint: str
     env_kwargs = config.get("env_kwargs") or {}
     if not isinstance(env_kwargs, dict):
         raise EvaluationInputError(f"env_kwargs in {str(run_dir / CONFIG_FILE)!r} must be a mapping")
+    wrappers = config.get("env_wrapper") or []
+    if wrappers:  # the run's --env-wrapper: make_env takes it as `wrappers`
+        _check_wrapper_imports(wrappers, config_path)
+        env_kwargs = {**env_kwargs, "wrappers": wrappers}
     core = config.get("core")
     mode = config.get("eval_deterministic")
     return ModelSource(

@@ -1,7 +1,11 @@
 """SB3 policies that hold a rimrl core, and the token encoders they read observations with.
 
-``RecurrentPPO(RIMPolicy, env)`` works with sb3-contrib's unmodified ``RecurrentPPO``.
+``RecurrentPPO(RIMPolicy, env)`` works with sb3-contrib's unmodified ``RecurrentPPO``; a core of
+your own (:func:`rimrl.cores.register_core`) runs in
+``RecurrentPPO(ModularRecurrentPolicy, env, policy_kwargs={"core": "mycore"})``.
 """
+
+from typing import Any
 
 from rimrl.policies.encoders import (
     AtariTokenEncoder,
@@ -32,6 +36,23 @@ POLICIES: dict[str, type[ModularRecurrentPolicy]] = {
     "srm": SRMPolicy,
 }
 
+
+def policy_for_core(core: str) -> tuple[type[ModularRecurrentPolicy], dict[str, Any]]:
+    """The policy class and the ``policy_kwargs`` it needs for ``core``.
+
+    Built-in cores have their own class (``"rim"`` -> ``(RIMPolicy, {})``); a registered core runs
+    in :class:`ModularRecurrentPolicy` with ``{"core": core}``, which saved models record.
+
+    :raises rimrl.cores.UnknownCoreError: ``core`` is not registered.
+    """
+    from rimrl.cores import core_spec
+
+    core_spec(core)
+    if core in POLICIES:
+        return POLICIES[core], {}
+    return ModularRecurrentPolicy, {"core": core}
+
+
 __all__ = [
     "CORE_NAMES",
     "DEFAULT_CORE_KWARGS",
@@ -50,4 +71,5 @@ __all__ = [
     "encoder_spec",
     "is_minigrid_space",
     "make_encoder",
+    "policy_for_core",
 ]

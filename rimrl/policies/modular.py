@@ -31,6 +31,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
+from rimrl.cores.registry import BUILTIN_CORES, core_factory_parameters, core_spec
 from rimrl.policies.encoders import AtariTokenEncoder, encoder_spec
 
 __all__ = [
@@ -47,35 +48,25 @@ __all__ = [
     "SRMPolicy",
 ]
 
-CORE_NAMES = ("lstm", "gru", "rim", "srm")
+#: rimrl's own cores. Every name :func:`rimrl.cores.core_names` lists is accepted (see
+#: :func:`rimrl.cores.register_core` for your own); this tuple is the built-in ones only.
+CORE_NAMES = BUILTIN_CORES
 
-#: What a core may read of the encoder's tokens (``core_input``), per core; the first is the default.
-#: ``"vector"``: the tokens flattened into one vector (``core_input_projection`` projects it);
-#: ``"tokens"``: the set of ``num_tokens`` tokens (RIM attends over it, SRM also uses positions).
-CORE_INPUTS: dict[str, tuple[str, ...]] = {
-    "lstm": ("vector",),
-    "gru": ("vector",),
-    # RIM reads one vector by default: the paper and every released RIM RL code feed the core one
-    # embedding per step; fed 51 MiniGrid cell tokens its attention starts uniform and the agent
-    # stayed at chance (docs/policies.md, "What RIM reads").
-    "rim": ("vector", "tokens"),
-    # SRM's kernel localises attention over positioned tokens: it needs the set.
-    "srm": ("tokens",),
-}
+#: What a core may read of the encoder's tokens (``core_input``), per built-in core; the first is
+#: the default. ``"vector"``: the tokens flattened into one vector (``core_input_projection``
+#: projects it); ``"tokens"``: the set of ``num_tokens`` tokens (RIM attends over it, SRM also
+#: uses positions). The registry (:func:`rimrl.cores.core_spec`) holds these for every core.
+CORE_INPUTS: dict[str, tuple[str, ...]] = {name: core_spec(name).inputs for name in BUILTIN_CORES}
 DEFAULT_CORE_INPUT: dict[str, str] = {core: inputs[0] for core, inputs in CORE_INPUTS.items()}
 
-#: ``lstm_hidden_size`` when none is given. 192 = 6 units x 32 for the modular cores (the RIM
-#: paper's 6 units); the flat cores use 128, which keeps them cheap (see docs/policies.md).
-DEFAULT_HIDDEN_SIZE: dict[str, int] = {"lstm": 128, "gru": 128, "rim": 192, "srm": 192}
+#: ``lstm_hidden_size`` when none is given, per built-in core: 192 = 6 units x 32 for the modular
+#: cores (the RIM paper's 6 units); the flat cores use 128 (see docs/policies.md).
+DEFAULT_HIDDEN_SIZE: dict[str, int] = {name: core_spec(name).hidden_size for name in BUILTIN_CORES}
 
-#: Policy-level defaults merged *under* the user's ``core_kwargs``. Dropout is off for RL: PPO
-#: collects rollouts in eval mode and trains in train mode, so attention dropout would make the
-#: trained policy differ from the one that produced the data and bias the importance ratio.
+#: Policy-level defaults merged *under* the user's ``core_kwargs``, per built-in core (dropout is
+#: off for RL, see :mod:`rimrl.cores`).
 DEFAULT_CORE_KWARGS: dict[str, dict[str, Any]] = {
-    "lstm": {},
-    "gru": {},
-    "rim": {"input_dropout": 0.0, "comm_dropout": 0.0},
-    "srm": {},
+    name: dict(core_spec(name).default_kwargs) for name in BUILTIN_CORES
 }
 
 # Default sharing of the core between actor and critic, chosen by measurement (docs/policies.md):
@@ -125,7 +116,8 @@ class ProjectedCore(nn.Module):
 
 
 class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
-    """sb3-contrib recurrent actor-critic policy with a rimrl core (``"lstm" | "gru" | "rim" | "srm"``).
+    """sb3-contrib recurrent actor-critic policy with a rimrl core (``"lstm" | "gru" | "rim" | "srm"`` or
+    a name given to :func:`rimrl.cores.register_core`).
 
     All of ``RecurrentActorCriticPolicy``'s arguments keep their meaning; the LSTM-named ones
     configure the core:
@@ -140,7 +132,8 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
     :param enable_critic_lstm: a separate core of the same kind and kwargs for the critic.
         With both flags False the critic is feed-forward (sb3-contrib's ``nn.Linear``).
     :param lstm_kwargs: not supported (use ``core_kwargs``).
-    :param core: core name; ``None`` -> the class's ``default_core``.
+    :param core: core name, built-in or registered; ``None`` -> the class's ``default_core``.
+        An unregistered name raises :class:`rimrl.cores.UnknownCoreError` (a ``ValueError``).
     :param core_kwargs: keyword arguments for ``rimrl.cores.make_core`` (e.g. ``num_units``,
         ``k``, ``cell``); ``num_tokens`` (RIM, SRM) and ``token_positions`` (SRM) come from the
         encoder and must not be given. Invalid values raise ``ValueError`` here.
@@ -193,15 +186,14 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
         shared_core_value_grad: bool = True,
     ) -> None:
         core = self.default_core if core is None else core
-        if core not in CORE_NAMES:
-            raise ValueError(f"core must be one of {list(CORE_NAMES)}, got {core!r}")
+        spec = core_spec(core)  # UnknownCoreError (a ValueError) names register_core
         if n_lstm_layers != 1:
             raise ValueError(f"n_lstm_layers must be 1 (rimrl cores are one layer), got {n_lstm_layers}")
         if lstm_kwargs:
             raise ValueError("lstm_kwargs is not supported by ModularRecurrentPolicy; use core_kwargs")
-        core_input = DEFAULT_CORE_INPUT[core] if core_input is None else core_input
-        if core_input not in CORE_INPUTS[core]:
-            raise ValueError(f"core_input for core {core!r} must be one of {list(CORE_INPUTS[core])}, got {core_input!r}")
+        core_input = spec.inputs[0] if core_input is None else core_input
+        if core_input not in spec.inputs:
+            raise ValueError(f"core_input for core {core!r} must be one of {list(spec.inputs)}, got {core_input!r}")
         if core_input_projection is not None:
             if core_input != "vector":
                 raise ValueError(f"core_input_projection needs core_input='vector', got core_input={core_input!r}")
@@ -216,7 +208,7 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
                 raise ValueError(f"core_kwargs must not set {reserved!r}: it comes from the features extractor")
         shared_lstm, enable_critic_lstm = self._resolve_critic(shared_lstm, enable_critic_lstm)
 
-        hidden_size = DEFAULT_HIDDEN_SIZE[core] if lstm_hidden_size is None else int(lstm_hidden_size)
+        hidden_size = spec.hidden_size if lstm_hidden_size is None else int(lstm_hidden_size)
         features_extractor_kwargs = dict(features_extractor_kwargs or {})
         if features_extractor_class is None:
             features_extractor_class, default_kwargs = encoder_spec(observation_space, normalize_images)
@@ -280,21 +272,23 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
 
     def _make_core(self, extractor: BaseFeaturesExtractor, hidden_size: int) -> nn.Module:
         """Build one core for the features of ``extractor``: ``(T, B, features_dim) -> (T, B, H)``."""
-        from rimrl.cores import make_core  # local import: keeps `import rimrl.policies` light
-
+        spec = core_spec(self.core_name)
         # A vector input is one token of all the features (null slot aside, for RIM).
         num_tokens = int(getattr(extractor, "num_tokens", 1)) if self.core_input == "tokens" else 1
         features_dim = int(extractor.features_dim)
-        kwargs = {**DEFAULT_CORE_KWARGS[self.core_name], **self.core_kwargs}
-        if self.core_name in ("rim", "srm"):
+        kwargs = {**spec.default_kwargs, **self.core_kwargs}
+        # The encoder's arguments go to cores that name them (RIM: num_tokens; SRM: both; a
+        # registered factory: whichever its signature has).
+        accepted = core_factory_parameters(spec.factory)
+        if "num_tokens" in accepted:
             kwargs["num_tokens"] = num_tokens
-        if self.core_name == "srm":
+        if "token_positions" in accepted:
             positions = getattr(extractor, "token_positions", None)
             kwargs["token_positions"] = th.zeros(num_tokens, 3) if positions is None else positions.detach().clone().cpu()
         if self.core_input_projection is not None:
-            inner = make_core(self.core_name, int(self.core_input_projection), hidden_size, **kwargs)
+            inner = spec.build(int(self.core_input_projection), hidden_size, **kwargs)
             return ProjectedCore(features_dim, int(self.core_input_projection), inner, self.core_input_activation)
-        return make_core(self.core_name, features_dim, hidden_size, **kwargs)
+        return spec.build(features_dim, hidden_size, **kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
