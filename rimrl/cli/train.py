@@ -63,7 +63,7 @@ __all__ = [
     "variant_evaluations_file",
 ]
 
-#: ``--config`` keys: the settable ones above (singular spellings too) plus the informational
+#: ``--config`` keys: the settable ones (:data:`~rimrl.experiments.options.DEFAULTS`; singular spellings too) plus the informational
 #: keys a run's own ``config.yml`` carries, so that file can be passed back with ``--config``.
 _CONFIG_ALIASES = {"env": "envs", "core": "cores", "seed": "seeds"}
 _CONFIG_INFO_KEYS = {

@@ -215,9 +215,10 @@ class RecurrentEvalCallback(EvalCallback):
 
     Episodes are played by :func:`rimrl.agents.training.evaluate_recurrent`, i.e. the
     :func:`rimrl.evaluation.rollout.run_episodes` that evaluate.py uses, not SB3's
-    ``evaluate_policy``: one code path for training-time and offline evaluation, with fair
-    per-env quotas, a fixed evaluation seed (torch's RNG restored after), whole Atari games with
-    raw scores, and ``info["success"]`` per episode. The best model is chosen by success rate
+    ``evaluate_policy`` (which also carries recurrent states, but is a second loop): the episodes
+    that choose ``best_model.zip`` are played exactly as evaluate.py plays them, with a fixed
+    evaluation seed (torch's RNG restored after, so training's stream is untouched) and
+    ``info["success"]`` recorded per episode. The best model is chosen by success rate
     first (where the env has one), then mean return; ``evaluations.npz`` keeps SB3's layout plus
     ``successes`` and the best so far (:class:`~rimrl.agents.training.EvalHistory`, atomic,
     reloaded on resume); ``best_model.zip`` is written atomically (with its weights pair) and
