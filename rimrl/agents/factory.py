@@ -104,8 +104,28 @@ def _find_zip(path: str | Path) -> Path:
     raise AgentLoadError(f"no saved agent at {str(path)!r} (looked for {', '.join(str(c) for c in candidates)})")
 
 
-def _one_line(space: spaces.Space) -> str:
-    return " ".join(str(space).split())
+def describe_space(space: spaces.Space | None) -> str:
+    """A short one-line description of a space (``Dict(direction: Discrete(4), image: Box(7, 7, 3)
+    uint8)``): gymnasium's own repr of a MiniGrid dict space runs to ~1,700 characters of bounds."""
+    if isinstance(space, spaces.Dict):
+        return "Dict(" + ", ".join(f"{key}: {describe_space(sub)}" for key, sub in space.spaces.items()) + ")"
+    if isinstance(space, spaces.Box):
+        return f"Box{tuple(space.shape)} {space.dtype}"
+    if isinstance(space, spaces.Discrete):
+        return f"Discrete({space.n})"
+    if isinstance(space, spaces.MultiDiscrete):
+        return f"MultiDiscrete({space.nvec.tolist()})"
+    return type(space).__name__
+
+
+def space_mismatch(kind: str, given: spaces.Space, saved: spaces.Space | None, saved_by: str,
+                   env: str = "the env") -> AgentLoadError:
+    """The one-line error for an env whose ``kind`` ("observation" / "action") space differs from
+    the one the agent at ``saved_by`` was trained with."""
+    mine, theirs = describe_space(given), describe_space(saved)
+    if mine == theirs:  # same shapes and dtypes: the bounds (or the number of values) differ
+        mine, theirs = f"{mine} (bounds differ)", theirs
+    return AgentLoadError(f"{kind} space mismatch: {env} has {mine} but {saved_by} was saved with {theirs}")
 
 
 def check_core_registered(core: Any, path: str | Path) -> None:
@@ -177,10 +197,7 @@ def load_agent(
         for kind in ("observation", "action"):
             saved, given = data.get(f"{kind}_space"), getattr(env, f"{kind}_space")
             if saved != given:
-                raise AgentLoadError(
-                    f"{kind} space mismatch: the env has {_one_line(given)} but {str(file)!r} was saved with "
-                    f"{_one_line(saved)}"
-                )
+                raise space_mismatch(kind, given, saved, repr(str(file)))
     try:
         return RecurrentPPO.load(file, env=env, device=device)
     except AgentLoadError:

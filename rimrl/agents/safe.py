@@ -35,7 +35,7 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
-from rimrl.agents.factory import RUN_MODEL_FILE, AgentLoadError, check_core_registered
+from rimrl.agents.factory import RUN_MODEL_FILE, AgentLoadError, check_core_registered, space_mismatch
 from rimrl.agents.presets import (
     _ACTIVATIONS,
     ALLOWED_IMPORTS,
@@ -392,10 +392,6 @@ def _read_weights(weights_path: Path) -> dict[str, Any]:
     return params
 
 
-def _one_line(space: spaces.Space) -> str:
-    return " ".join(str(space).split())
-
-
 def load_safe(path: str | Path, env: str | gym.Env | VecEnv | None = None, device: str = "auto") -> RecurrentPPO:
     """Rebuild an agent from ``X.weights.pt`` + ``X.spec.json`` without unpickling anything.
 
@@ -447,10 +443,7 @@ def load_safe(path: str | Path, env: str | gym.Env | VecEnv | None = None, devic
         for kind, saved in (("observation", observation_space), ("action", action_space)):
             given = getattr(env, f"{kind}_space")
             if saved != given:
-                raise AgentLoadError(
-                    f"{kind} space mismatch: the env has {_one_line(given)} but {str(spec_path)!r} describes "
-                    f"{_one_line(saved)}"
-                )
+                raise space_mismatch(kind, given, saved, repr(str(spec_path)))
     try:
         model = RecurrentPPO(
             policy_class, env, policy_kwargs=policy_kwargs, seed=spec.get("seed"), device=device,

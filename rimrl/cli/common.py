@@ -64,6 +64,8 @@ __all__ = [
 DEBUG_ENV = "RIMRL_DEBUG"
 
 _F = TypeVar("_F", bound=Callable[..., int])
+#: ``dict(...)``, ``nn.ReLU()``, ``linear_schedule(3e-4)``: the Python spellings rl-zoo3 evaluates.
+_PYTHON_CALL_RE = re.compile(r"^[A-Za-z_][\w.]*\(.*\)$", re.DOTALL)
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
@@ -152,5 +154,10 @@ def parse_key_values(items: Iterable[str], what: str = "--hyperparams") -> dict[
         key = key.strip()
         if not sep or not key:
             raise CLIError(f"{what} expects key=value items, got {item!r}")
+        if _PYTHON_CALL_RE.match(text.strip()):  # rl-zoo3's "policy_kwargs=dict(...)": never eval'd here
+            raise CLIError(
+                f"{what} {item!r}: values are YAML, not Python (rimrl evaluates no code); write "
+                f"{key}='{{net_arch: [64, 64]}}' or dotted keys such as {key}.net_arch=[64,64]"
+            )
         parsed[key] = parse_scalar(text)
     return parsed

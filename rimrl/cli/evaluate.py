@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from rimrl.cli.common import ArgumentParser, CLIError, main_guard, parse_key_values
+from rimrl.experiments.io import program_name
 
 __all__ = ["build_parser", "main"]
 
@@ -41,7 +42,7 @@ def _variants(values: Sequence[str] | None) -> list[str] | None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``evaluate`` argument parser."""
     parser = ArgumentParser(
-        prog="evaluate.py",
+        prog=program_name("evaluate.py", "rimrl-evaluate"),
         description="Evaluate RecurrentPPO agents (RIM, SRM, LSTM, GRU cores) on MiniGrid distractor variants or Atari.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -76,11 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "curves.png and curves.csv")
     parser.add_argument("--best", action="store_true", help="evaluate best_model.zip of run directories instead of model.zip")
     parser.add_argument(
-        "--env-kwarg",
-        action="append",
+        "--env-kwargs",
+        "--env-kwarg",  # the old spelling; train.py's is --env-kwargs
+        dest="env_kwargs",
+        nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="extra make_env argument for the evaluation envs (repeatable), e.g. max_frames_per_episode=27000",
+        help="extra make_env arguments for the evaluation envs, YAML-typed, e.g. max_frames_per_episode=27000",
     )
     parser.add_argument("--gym-packages", nargs="+", action="extend", default=[], metavar="MODULE",
                         help="modules to import first: the env ids, cores and env wrappers the runs use "
@@ -176,7 +180,7 @@ def _main(argv: Sequence[str] | None) -> int:
         challenger=args.challenger,
         baseline=args.baseline,
         checkpoint="best" if args.best else "final",
-        env_kwargs=parse_key_values(args.env_kwarg, what="--env-kwarg"),
+        env_kwargs=parse_key_values(args.env_kwargs, what="--env-kwargs"),
         device=args.device,
         safe=args.safe,
     )
@@ -205,7 +209,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 #: Flags of the model evaluation, which --curves (reading evaluations*.npz only) does not run.
-_NOT_WITH_CURVES = ("env", "variants", "plot", "gif", "activations", "compare", "best", "env_kwarg")
+_NOT_WITH_CURVES = ("env", "variants", "plot", "gif", "activations", "compare", "best", "env_kwargs")
 
 
 def _curves(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from rimrl.cli.common import ArgumentParser, CLIError, main_guard, parse_key_val
 
 # Besides what this module uses, library names that tests, benchmarks and scripts import from here.
 from rimrl.experiments.envs import make_eval_env
+from rimrl.experiments.io import program_name
 from rimrl.experiments.options import (
     CONFIG_FILE,
     CORES,
@@ -74,7 +75,7 @@ __all__ = [
 _CONFIG_ALIASES = {"env": "envs", "core": "cores", "seed": "seeds"}
 _CONFIG_INFO_KEYS = {
     "overrides", "family", "command", "argv", "cwd", "created", "versions", "git", "sessions",
-    "run_dir", "tensorboard_dir",
+    "run_dir", "resolved_device", "tensorboard_dir",
 }
 
 
@@ -95,7 +96,7 @@ _int_arg.__name__ = "int"
 def build_parser() -> ArgumentParser:
     """The ``rimrl-train`` argument parser (errors are one ``error:`` line, exit 2)."""
     parser = ArgumentParser(
-        prog="rimrl-train",
+        prog=program_name("train.py", "rimrl-train"),
         description="Train RecurrentPPO with a RIM / SRM / LSTM / GRU core. Several --env, --cores or "
         "--seeds values run a sweep (one trial each). See docs/train.md.",
     )

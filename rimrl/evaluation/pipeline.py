@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch as th
-from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.vec_env import VecEnv
 
-from rimrl.agents import AgentLoadError, load_agent
+from rimrl.agents import load_agent
+from rimrl.agents.factory import space_mismatch
 from rimrl.agents.storage import DirectoryBusyError, directory_lock, writable_dir_problem
 from rimrl.envs import default_deterministic, is_atari
 from rimrl.evaluation.activations import plot_active_units, plot_srm_topology
@@ -118,18 +118,12 @@ def action_mode(source: ModelSource, deterministic: bool | None = None) -> bool:
     return default_deterministic(source.env_id or "")
 
 
-def _one_line(space: spaces.Space) -> str:
-    return " ".join(str(space).split())
-
-
 def check_spaces(model: RecurrentPPO, env: VecEnv, env_id: str, path: Path) -> None:
     """Raise :class:`AgentLoadError` when ``env``'s observation or action space differs from the model's."""
     for kind in ("observation", "action"):
         saved, given = getattr(model, f"{kind}_space"), getattr(env, f"{kind}_space")
         if saved != given:
-            raise AgentLoadError(
-                f"{kind} space mismatch: env {env_id!r} has {_one_line(given)} but {str(path)!r} was saved with {_one_line(saved)}"
-            )
+            raise space_mismatch(kind, given, saved, repr(str(path)), env=f"env {env_id!r}")
 
 
 @dataclass

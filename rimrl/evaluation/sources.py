@@ -102,7 +102,9 @@ def resolve_source(argument: str | Path, env: str | None = None, checkpoint: str
             raise EvaluationInputError(f"run directory {str(path)!r} has no {_CHECKPOINTS[checkpoint]}")
     else:
         zip_path = path
-        run_dir = path.parent if (path.parent / CONFIG_FILE).is_file() else None
+        # model.zip / best_model.zip sit in the run directory, checkpoints one folder below it
+        candidates = (path.parent, path.parent.parent) if path.parent.name == "checkpoints" else (path.parent,)
+        run_dir = next((folder for folder in candidates if (folder / CONFIG_FILE).is_file()), None)
     config_path = None if run_dir is None else run_dir / CONFIG_FILE
     has_config = config_path is not None and config_path.is_file()
     config = read_yaml_mapping(config_path, "run config", EvaluationInputError) if has_config else {}

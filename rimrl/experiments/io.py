@@ -132,3 +132,11 @@ def git_info(path: str | Path | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit or None, "dirty": bool(status.strip())}
+
+
+def program_name(script: str, console_script: str) -> str:
+    """How a CLI was invoked: ``script`` (``train.py``) or ``console_script`` (``rimrl-train``), for
+    ``--help``, error hints and the command recorded in ``config.yml``; the console script when
+    neither (it runs from any folder)."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name in (script, console_script) else console_script

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import VecEnv
 
 from rimrl.agents.activity import CoreActivityCallback
@@ -56,6 +57,7 @@ from rimrl.experiments.io import (
     git_info,
     one_line,
     package_versions,
+    program_name,
     run_dir_for,
     to_yaml_safe,
     write_json,
@@ -97,12 +99,6 @@ def _remove_run_dir(run_dir: Path, log_folder: str) -> None:
             break
         with contextlib.suppress(OSError):
             parent.rmdir()  # only if empty
-
-
-def _program_name() -> str:
-    """How this CLI was invoked, for the recorded command: ``train.py`` or ``rimrl-train``."""
-    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
-    return name if name in ("train.py", "rimrl-train") else "rimrl-train"
 
 
 class Trainer:
@@ -179,7 +175,7 @@ class Trainer:
         trial, options = self.trial, self.trial.options
         saved = trial.saved_config or {}
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        command = shlex.join([_program_name(), *options.argv])
+        command = shlex.join([program_name("train.py", "rimrl-train"), *options.argv])
         sessions = list(saved.get("sessions") or [])
         sessions.append({"started": now, "command": command, "from_timesteps": self._start_timesteps})
         return {
@@ -203,6 +199,7 @@ class Trainer:
             "save_freq": options.save_freq,
             "keep_checkpoints": options.keep_checkpoints,
             "device": options.device,
+            "resolved_device": str(get_device(options.device)),  # what "auto" became on this machine
             "tensorboard": options.tensorboard,
             "tensorboard_dir": str(self.tensorboard_dir),
             "command": saved.get("command", command),
