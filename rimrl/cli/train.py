@@ -194,16 +194,34 @@ class TrainOptions:
     label: str = ""  # prefix of log lines (sweeps)
     argv: list[str] = field(default_factory=list)
     explicit: frozenset[str] = frozenset()  # fields given on the command line or in --config
+    #: The run directory's last component instead of ``seed<k>``: ``seed<k>_<n>`` (``--exp-id``) or
+    #: ``trial<k>`` (``--optimize``). Empty: ``seed<k>``.
+    run_name: str = ""
+    #: ``--track``: log the run to Weights & Biases (:mod:`rimrl.experiments.tracking`).
+    track: bool = False
+    wandb_project: str = "rimrl"
+    wandb_entity: str | None = None
+    wandb_group: str | None = None
+    #: Called after each evaluation on the train variant with ``(steps, result)``; a non-empty
+    #: string returned stops training there as ``pruned`` (that string is the message). Used by
+    #: ``--optimize``'s pruner (:mod:`rimrl.experiments.search`); must be picklable for sweeps.
+    on_evaluation: Any = None
+
+    def dir_under(self, root: str | Path) -> Path:
+        """``<root>/<env>/<core>/<seed<k> or run_name>``."""
+        if self.run_name:
+            return Path(root) / env_dirname(self.env) / self.core / self.run_name
+        return run_dir_for(root, self.env, self.core, self.seed)
 
     @property
     def run_dir(self) -> Path:
-        """``<log_folder>/<env>/<core>/seed<k>``."""
-        return run_dir_for(self.log_folder, self.env, self.core, self.seed)
+        """``<log_folder>/<env>/<core>/seed<k>`` (or ``.../<run_name>``)."""
+        return self.dir_under(self.log_folder)
 
     @property
     def name(self) -> str:
         """``<env>/<core>/seed<k>`` (the run directory below the log folder)."""
-        return f"{env_dirname(self.env)}/{self.core}/seed{self.seed}"
+        return f"{env_dirname(self.env)}/{self.core}/{self.run_name or f'seed{self.seed}'}"
 
 
 @dataclass
@@ -214,7 +232,7 @@ class TrialResult:
     core: str
     seed: int
     run_dir: str
-    status: str  # completed | skipped | interrupted | nan | invalid | failed | cancelled
+    status: str  # completed | skipped | interrupted | pruned | nan | invalid | failed | cancelled
     exit_code: int
     num_timesteps: int | None = None
     success_rate: float | None = None
@@ -301,12 +319,37 @@ def build_parser() -> ArgumentParser:
     run = parser.add_argument_group("run control")
     run.add_argument("--resume", action="store_true", help="continue the run(s) from the latest checkpoint")
     run.add_argument("--overwrite", action="store_true", help="delete existing run directories first")
+    run.add_argument("--exp-id", metavar="N|auto",
+                     help="experiment number: the run directory is seed<k>_<N> (1 is plain seed<k>); auto = "
+                     "the next unused one (with --resume: the latest one) [default: 1, and an existing run "
+                     "directory is refused unless --resume or --overwrite]")
     run.add_argument("--allow-imports", action="store_true",
                      help="let policy_kwargs.*_class import modules outside torch.nn, torch.optim, "
                      "stable_baselines3, sb3_contrib and rimrl (importing runs their code)")
     run.add_argument("--device", help="torch device: auto | cpu | cuda[:i] [default: auto]")
     run.add_argument("--threads", type=_int_arg, metavar="N", help="torch threads per trial [default: 1]")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
+    track = parser.add_argument_group("tracking (docs/train.md#tracking)")
+    track.add_argument("--track", action="store_true",
+                       help="log the run(s) to Weights & Biases (pip install rimrl[track]; WANDB_MODE=offline "
+                       "works without network): TensorBoard synced, config.yml as the config, run name = "
+                       "run directory")
+    track.add_argument("--wandb-project", metavar="NAME", help="W&B project [default: rimrl]")
+    track.add_argument("--wandb-entity", metavar="NAME", help="W&B entity (team or user) [default: W&B's]")
+    search = parser.add_argument_group("hyperparameter search (docs/train.md#hyperparameter-search)")
+    search.add_argument("--optimize", action="store_true",
+                        help="search RecurrentPPO's and the core's hyperparameters with Optuna (pip install "
+                        "rimrl[optuna]) for one --env and --core; trials run in <log-folder>/optimize/<env>/"
+                        "<core>/trial<k>; the best is written as a preset YAML")
+    search.add_argument("--n-trials", type=_int_arg, metavar="N", help="trials to run [default: 20]")
+    search.add_argument("--sampler", choices=("tpe", "random"), help="Optuna sampler [default: tpe]")
+    search.add_argument("--pruner", choices=("median", "none"),
+                        help="stop trials whose intermediate evaluations fall below the median [default: median]")
+    search.add_argument("--storage", metavar="URL|FILE",
+                        help="Optuna storage: sqlite:///study.db (any RDB URL) or a journal FILE; a study "
+                        "there is continued [default: in memory; a journal file under the study folder "
+                        "when trials run in several processes]")
+    search.add_argument("--study-name", metavar="NAME", help="Optuna study name [default: <env>-<core>]")
     sweep = parser.add_argument_group("sweeps")
     sweep.add_argument("--backend", choices=("local", "ray"),
                        help="run trials in a local process pool or as Ray tasks [default: local]")
@@ -417,11 +460,53 @@ def build_trials(args: Any, argv: Sequence[str]) -> list[TrainOptions]:
                 options = TrainOptions(
                     env=env, core=core, seed=seed, resume=args.resume, overwrite=args.overwrite,
                     allow_imports=args.allow_imports, quiet=args.quiet, argv=list(argv), explicit=explicit_fields, **common,
+                    track=bool(getattr(args, "track", False)),
+                    wandb_project=getattr(args, "wandb_project", None) or "rimrl",
+                    wandb_entity=getattr(args, "wandb_entity", None),
                 )
+                if getattr(args, "exp_id", None) is not None:
+                    options.run_name = resolve_exp_id(options, args.exp_id)
                 if grid:
                     options.label = options.name
                 trials.append(options)
     return trials
+
+
+def resolve_exp_id(options: TrainOptions, spec: str) -> str:
+    """``--exp-id`` -> the run directory's name: ``seed<k>`` for 1, ``seed<k>_<n>`` for n >= 2.
+
+    ``auto`` picks the next unused number, or, with ``--resume`` / ``--overwrite``, the latest used
+    one (so ``--exp-id auto --resume`` continues the newest experiment). A directory counts as used
+    when it holds anything.
+    """
+    base = f"seed{options.seed}"
+
+    def name(number: int) -> str:
+        return base if number == 1 else f"{base}_{number}"
+
+    if spec != "auto":
+        try:
+            number = _int_arg(spec)
+        except ValueError:
+            number = 0
+        if number < 1:
+            raise CLIError(f"--exp-id must be an integer >= 1 or auto, got {spec!r}")
+        return name(number)
+    parent = options.dir_under(options.log_folder).parent
+    used = []
+    if parent.is_dir():
+        for child in parent.iterdir():
+            if child.name == base:
+                number = 1
+            elif child.name.startswith(base + "_") and child.name[len(base) + 1:].isdigit():
+                number = int(child.name[len(base) + 1:])
+            else:
+                continue
+            if has_content(child):
+                used.append(number)
+    if not used:
+        return base
+    return name(max(used) if (options.resume or options.overwrite) else max(used) + 1)
 
 
 # ==============================================================================================
@@ -847,12 +932,15 @@ class RunCallback(BaseCallback):
         self._next_eval = self._next_multiple(steps, options.eval_freq)
         self._t0, self._steps0 = time.time(), steps
         self._last_line = self._t0
+        from rimrl.experiments.tracking import log_hparams
+
+        log_hparams(self.logger, self.trainer.trial, steps)
 
     def _on_step(self) -> bool:
         if STOP.signum is not None:
             self.aborted = True
             return False
-        return True
+        return not self.aborted
 
     def _on_rollout_start(self) -> None:
         model = self.model
@@ -866,6 +954,8 @@ class RunCallback(BaseCallback):
         if steps >= self._next_eval:
             self.trainer.evaluate(model, steps)
             self._next_eval = self._next_multiple(steps, options.eval_freq)
+            if self.trainer.stop_reason:  # options.on_evaluation asked to stop (a pruned search trial)
+                self.aborted = True
         if not self.trainer.show_progress_bar and time.time() - self._last_line >= LOG_EVERY_S:
             self._print_progress(steps)
 
@@ -940,13 +1030,16 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.fresh = False  # run() created this run directory (nothing of the user's is in it)
         self.started = time.time()
+        #: Set when ``options.on_evaluation`` asks to stop (its message); the run ends as ``pruned``.
+        self.stop_reason: str | None = None
+        self.last_eval: EvalResult | None = None
 
     # --- small pieces ----------------------------------------------------------------------------
     @property
     def tensorboard_dir(self) -> Path:
         options = self.trial.options
         if options.tensorboard:
-            return run_dir_for(options.tensorboard, options.env, options.core, options.seed)
+            return options.dir_under(options.tensorboard)
         return self.run_dir / TB_DIR
 
     def check_finite(self, model: Any, where: str) -> None:
@@ -971,6 +1064,9 @@ class Trainer:
                                     deterministic=options.eval_deterministic,
                                     seed=options.seed + EVAL_SEED_OFFSET)
         is_best = self.history.add(steps, result)
+        self.last_eval = result
+        if options.on_evaluation is not None:
+            self.stop_reason = options.on_evaluation(steps, result) or None
         if is_best and params_finite(model):
             save_model_atomic(model, self.run_dir / BEST_MODEL_FILE)
         scalars = {"eval/mean_reward": result.mean_return, "eval/mean_ep_length": float(np.mean(result.lengths))}
@@ -1115,11 +1211,15 @@ class Trainer:
     def _run_locked(self, started: float) -> TrialResult:
         if self.trial.options.resume and self.trial.resume_from is None:
             self.say(f"nothing to resume in {self.run_dir}: starting a new run")
-        env = None
+        env = tracker = result = None
         try:
-            session, _ = self._prepare_dir()
+            session, config = self._prepare_dir()
             env = make_train_env(self.trial, session)
             self._setup(env, session)
+            if self.trial.options.track:  # before learn() creates the TensorBoard writer W&B syncs
+                from rimrl.experiments.tracking import start_tracking
+
+                tracker = start_tracking(self.trial.options, config, self.run_dir)
             result = self._train(started)
         except OSError as error:
             if error.errno not in _STORAGE_ERRNOS:
@@ -1133,6 +1233,8 @@ class Trainer:
             for each in (env, self.eval_env, *(e for e, _ in self.variant_evals.values())):
                 if each is not None:
                     each.close()
+            if tracker is not None:
+                tracker.finish(result.status if result is not None else "failed")
         if result.status in ("nan", "failed"):
             self._discard_if_nothing_kept()
         return result
@@ -1226,6 +1328,8 @@ class Trainer:
             if reason is None:
                 raise
             return self._non_finite(reason, started)
+        if callback.aborted and self.stop_reason and STOP.signum is None:
+            return self._pruned(model, callback, started)
         if callback.aborted:
             return self._interrupted(model, callback, started)
         return None  # completed (a signal during the last update still lets it finish and save)
@@ -1239,6 +1343,19 @@ class Trainer:
         self.say(f"{name}: checkpoint at step {model.num_timesteps:,} saved to {path}; continue with --resume")
         return self._result("interrupted", 128 + signum, started, {"num_timesteps": int(model.num_timesteps)},
                             message=f"{name} at step {model.num_timesteps:,}; --resume continues it")
+
+    def _pruned(self, model: Any, callback: RunCallback, started: float) -> TrialResult:
+        """Stopped by ``options.on_evaluation`` (a pruned search trial): checkpoint what is trained,
+        so ``--resume`` could still continue it, and report the last evaluation."""
+        model.num_timesteps = callback.safe_timesteps
+        self.checkpoint(model)
+        message = f"{self.stop_reason} at step {model.num_timesteps:,}"
+        self.say(f"stopped: {message}")
+        last = self.last_eval
+        metrics = {"num_timesteps": int(model.num_timesteps),
+                   "success_rate": last.success_rate if last else None,
+                   "mean_return": last.mean_return if last else None}
+        return self._result("pruned", EXIT_OK, started, metrics, message=message)
 
     def _non_finite(self, reason: str, started: float) -> TrialResult:
         kept = self.last_checkpoint
@@ -1314,6 +1431,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     trials = build_trials(args, argv)
+    if args.optimize:
+        from rimrl.experiments.search import run_optimize
+
+        return run_optimize(args, trials)
+    for flag in ("n_trials", "sampler", "pruner", "storage", "study_name"):
+        if getattr(args, flag) is not None:
+            raise CLIError(f"--{flag.replace('_', '-')} needs --optimize")
     if _sweep_requested(args, trials):
         from rimrl.cli.sweep import run_sweep
 

@@ -1,0 +1,1 @@
+"""Experiment machinery above single training runs: hyperparameter search and tracking."""
