@@ -7,6 +7,9 @@ Each trial trains 256 steps; ``--hyperparams`` pins the costly keys, so only the
 from __future__ import annotations
 
 import csv
+import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ optuna = pytest.importorskip("optuna")  # a safety net: `make test` installs the
 from rimrl.cli.train import main  # noqa: E402
 from rimrl.experiments import search  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = "rimrl-Pickup-Train-v0"
 TINY = [
     "--core", "lstm", "-n", "256", "--n-envs", "2", "--eval-freq", "128", "--eval-episodes", "2",
@@ -109,3 +113,36 @@ def test_optimize_refuses_a_grid_and_a_second_fresh_study_over_old_trials(
     with pytest.raises(SystemExit) as info:
         main(["--n-trials", "3", "-f", str(tmp_path), *TINY])
     assert "--n-trials needs --optimize" in capsys.readouterr().err
+
+
+def train(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``train.py`` in a fresh interpreter (process pools and Ray need a clean main process)."""
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+
+
+def test_parallel_trials_share_a_journal_storage_and_a_study_can_be_continued(tmp_path: Path) -> None:
+    proc = train("--optimize", "--n-trials", "2", "--workers", "2", "-f", str(tmp_path), *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "optimize" / ENV_DIR / "lstm"
+    journal = folder / search.JOURNAL_FILE
+    assert journal.is_file() and "2 local workers" in proc.stdout
+    study = optuna.load_study(study_name="rimrl-Pickup-Train-v0-lstm", storage=search.open_storage(str(journal)))
+    # The workers reported their periodic evaluations to the study (what the pruner reads).
+    assert [sorted(t.intermediate_values) for t in study.trials] == [[128, 256], [128, 256]]
+    # The same storage continues the study: new trial numbers, new directories.
+    proc = train("--optimize", "--n-trials", "1", "--storage", str(journal), "-f", str(tmp_path), *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 trials before" in proc.stdout
+    assert [r["state"] for r in read_trials(folder)] == ["COMPLETE"] * 3
+    assert (folder / "trial2" / "model.zip").is_file()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install rimrl[ray])")
+def test_optimize_on_ray(tmp_path: Path) -> None:
+    proc = train("--optimize", "--n-trials", "2", "--backend", "ray", "--workers", "2", "-f", str(tmp_path), *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on Ray (local instance)" in proc.stdout
+    folder = tmp_path / "optimize" / ENV_DIR / "lstm"
+    assert [r["state"] for r in read_trials(folder)] == ["COMPLETE"] * 2
+    assert (folder / search.BEST_PRESET_FILE).is_file()

@@ -323,6 +323,44 @@ def _check_args(args: Any, trials: Sequence[Any]) -> None:
         raise CLIError(f"--workers must be >= 1, got {args.workers}")
 
 
+def _run_batches(study: Any, base: Any, args: Any, n_trials: int, n_envs: int, name: str,
+                 storage_spec: str | None, backend: str, workers: int, parallel: bool) -> int | None:
+    """Ask, run and tell ``n_trials`` trials, ``workers`` at a time; the signal that stopped them, if any."""
+    from rimrl.cli.sweep import run_local, run_ray, run_trial_safely
+
+    signum: int | None = None
+    done = 0
+    while done < n_trials and signum is None:
+        batch = []
+        for _ in range(min(workers if parallel else 1, n_trials - done)):
+            trial = study.ask()
+            hyperparams = {**base.hyperparams, **sample_hyperparams(trial, base.core, n_envs, base.hyperparams)}
+            hook = PruningHook(name, trial._trial_id, args.pruner or "median", storage=storage_spec,
+                               trial=None if parallel else trial)
+            label = f"trial{trial.number}"
+            options = dataclasses.replace(base, run_name=label, label=label, hyperparams=hyperparams,
+                                          explicit=base.explicit | {"hyperparams"}, on_evaluation=hook)
+            batch.append((trial, options))
+        runs = [options for _, options in batch]
+        if backend == "ray":
+            results, signum = run_ray(runs, workers, args.ray_address)
+        elif parallel:
+            results, signum = run_local(runs, workers)
+        else:
+            results = [run_trial_safely(runs[0])]
+            if results[0].status == "interrupted":
+                signum = int(results[0].exit_code - 128) if results[0].exit_code > 128 else 2
+        for (trial, _), result in zip(batch, results, strict=True):
+            _tell(study, trial, result)
+            value = objective_value(result.success_rate, result.mean_return)
+            shown = "-" if value is None else f"{value:.3g}"
+            print(f"optimize: trial {trial.number}: {result.status} (objective {shown})"
+                  f"{f'; {result.message}' if result.message and result.status != 'completed' else ''}", flush=True)
+        done += len(batch)
+
+    return signum
+
+
 def run_optimize(args: Any, trials: Sequence[Any]) -> int:
     """Run the study ``train.py --optimize`` describes; the exit status (0, or 128 + signal).
 
@@ -331,7 +369,7 @@ def run_optimize(args: Any, trials: Sequence[Any]) -> int:
     :param trials: :func:`rimrl.cli.train.build_trials`' single trial: the base of every trial.
     """
     from rimrl.agents import preset_n_envs
-    from rimrl.cli.sweep import import_ray, run_local, run_ray, run_trial_safely
+    from rimrl.cli.sweep import import_ray
     from rimrl.cli.train import resolve_trial
 
     _check_args(args, trials)
@@ -371,35 +409,22 @@ def run_optimize(args: Any, trials: Sequence[Any]) -> int:
           f"storage {storage_spec or 'in memory'}{f', {known} trials before' if known else ''}): "
           f"{n_trials} trials on {where} -> {folder}", flush=True)
 
-    signum: int | None = None
-    done = 0
-    while done < n_trials and signum is None:
-        batch = []
-        for _ in range(min(workers if parallel else 1, n_trials - done)):
-            trial = study.ask()
-            hyperparams = {**base.hyperparams, **sample_hyperparams(trial, base.core, n_envs, base.hyperparams)}
-            hook = PruningHook(name, trial._trial_id, args.pruner or "median", storage=storage_spec,
-                               trial=None if parallel else trial)
-            label = f"trial{trial.number}"
-            options = dataclasses.replace(base, run_name=label, label=label, hyperparams=hyperparams,
-                                          explicit=base.explicit | {"hyperparams"}, on_evaluation=hook)
-            batch.append((trial, options))
-        runs = [options for _, options in batch]
-        if backend == "ray":
-            results, signum = run_ray(runs, workers, args.ray_address)
-        elif parallel:
-            results, signum = run_local(runs, workers)
-        else:
-            results = [run_trial_safely(runs[0])]
-            if results[0].status == "interrupted":
-                signum = int(results[0].exit_code - 128) if results[0].exit_code > 128 else 2
-        for (trial, _), result in zip(batch, results, strict=True):
-            _tell(study, trial, result)
-            value = objective_value(result.success_rate, result.mean_return)
-            shown = "-" if value is None else f"{value:.3g}"
-            print(f"optimize: trial {trial.number}: {result.status} (objective {shown})"
-                  f"{f'; {result.message}' if result.message and result.status != 'completed' else ''}", flush=True)
-        done += len(batch)
+    ray_started = False
+    if backend == "ray":
+        # One Ray instance for the whole study (run_ray would start and stop one per batch).
+        ray = import_ray()
+        if not ray.is_initialized():
+            init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+            if args.ray_address:
+                ray.init(address=args.ray_address, **init_kwargs)
+            else:
+                ray.init(num_cpus=workers, **init_kwargs)
+            ray_started = True
+    try:
+        signum = _run_batches(study, base, args, n_trials, n_envs, name, storage_spec, backend, workers, parallel)
+    finally:
+        if ray_started:
+            ray.shutdown()
 
     folder.mkdir(parents=True, exist_ok=True)
     write_trials_csv(folder / TRIALS_FILE, study)
