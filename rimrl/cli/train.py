@@ -465,48 +465,14 @@ def build_trials(args: Any, argv: Sequence[str]) -> list[TrainOptions]:
                     wandb_entity=getattr(args, "wandb_entity", None),
                 )
                 if getattr(args, "exp_id", None) is not None:
-                    options.run_name = resolve_exp_id(options, args.exp_id)
+                    from rimrl.experiments.naming import resolve_exp_id
+
+                    options.run_name = resolve_exp_id(options.run_dir.parent, seed, args.exp_id,
+                                                      latest=args.resume or args.overwrite)
                 if grid:
                     options.label = options.name
                 trials.append(options)
     return trials
-
-
-def resolve_exp_id(options: TrainOptions, spec: str) -> str:
-    """``--exp-id`` -> the run directory's name: ``seed<k>`` for 1, ``seed<k>_<n>`` for n >= 2.
-
-    ``auto`` picks the next unused number, or, with ``--resume`` / ``--overwrite``, the latest used
-    one (so ``--exp-id auto --resume`` continues the newest experiment). A directory counts as used
-    when it holds anything.
-    """
-    base = f"seed{options.seed}"
-
-    def name(number: int) -> str:
-        return base if number == 1 else f"{base}_{number}"
-
-    if spec != "auto":
-        try:
-            number = _int_arg(spec)
-        except ValueError:
-            number = 0
-        if number < 1:
-            raise CLIError(f"--exp-id must be an integer >= 1 or auto, got {spec!r}")
-        return name(number)
-    parent = options.dir_under(options.log_folder).parent
-    used = []
-    if parent.is_dir():
-        for child in parent.iterdir():
-            if child.name == base:
-                number = 1
-            elif child.name.startswith(base + "_") and child.name[len(base) + 1:].isdigit():
-                number = int(child.name[len(base) + 1:])
-            else:
-                continue
-            if has_content(child):
-                used.append(number)
-    if not used:
-        return base
-    return name(max(used) if (options.resume or options.overwrite) else max(used) + 1)
 
 
 # ==============================================================================================

@@ -407,7 +407,7 @@ def run_optimize(args: Any, trials: Sequence[Any]) -> int:
              else f"{workers} local worker{'s' * (workers > 1)}" if parallel else "this process, one at a time")
     print(f"optimize: study {name!r} ({args.sampler or 'tpe'} sampler, {args.pruner or 'median'} pruner, "
           f"storage {storage_spec or 'in memory'}{f', {known} trials before' if known else ''}): "
-          f"{n_trials} trials on {where} -> {folder}", flush=True)
+          f"{n_trials} trials on {where} -> {_display_path(folder)}", flush=True)
 
     ray_started = False
     if backend == "ray":
