@@ -73,7 +73,7 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 def test_a_pruned_trial_stops_at_its_evaluation_and_is_recorded_as_pruned(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(search, "make_pruner", lambda name: AlwaysPrune())
+    monkeypatch.setattr(search, "make_pruner", lambda *args: AlwaysPrune())
     code = main(["--optimize", "--n-trials", "1", "-f", str(tmp_path), *TINY])
     assert code == 1  # no trial completed: nothing to write as the best preset
     captured = capsys.readouterr()

@@ -145,12 +145,13 @@ def make_sampler(name: str, seed: int | None = None) -> Any:
     raise CLIError(f"unknown sampler {name!r}; choose tpe or random")
 
 
-def make_pruner(name: str) -> Any:
-    """``median``: stop a trial whose evaluation is below the median of the others' at that step
-    (after 2 finished trials and from the second evaluation on); ``none``: never."""
+def make_pruner(name: str, eval_freq: int = 0) -> Any:
+    """``median``: stop a trial whose evaluation is below the median of the earlier trials' at that
+    step, once 2 trials finished and from the second evaluation on (steps are env steps: the
+    first evaluation, at a step below ``2 * eval_freq``, is too early to judge); ``none``: never."""
     optuna = import_optuna()
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2 * eval_freq)
     if name == "none":
         return optuna.pruners.NopPruner()
     raise CLIError(f"unknown pruner {name!r}; choose median or none")
@@ -182,9 +183,10 @@ class PruningHook:
     live trial instead (``trial``), which is dropped when pickled.
     """
 
-    def __init__(self, study_name: str, trial_id: int, pruner: str, storage: str | None = None,
+    def __init__(self, study_name: str, trial_id: int, pruner: str, eval_freq: int, storage: str | None = None,
                  trial: Any = None) -> None:
         self.study_name, self.trial_id, self.pruner, self.storage = study_name, trial_id, pruner, storage
+        self.eval_freq = eval_freq
         self._trial = trial
 
     def __getstate__(self) -> dict[str, Any]:
@@ -194,7 +196,7 @@ class PruningHook:
         if self._trial is None and self.storage:
             optuna = import_optuna()
             study = optuna.load_study(study_name=self.study_name, storage=open_storage(self.storage),
-                                      pruner=make_pruner(self.pruner))
+                                      pruner=make_pruner(self.pruner, self.eval_freq))
             self._trial = optuna.trial.Trial(study, self.trial_id)
         return self._trial
 
@@ -248,7 +250,8 @@ def _trial_rows(study: Any) -> list[dict[str, Any]]:
         rows.append({
             "number": t.number, "state": t.state.name, "value": t.value, "status": attrs.get("status", ""),
             "steps": attrs.get("num_timesteps"), "run_dir": attrs.get("run_dir", ""),
-            "params": " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()),
+            "params": " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in attrs.get("hyperparams", t.params).items()),
         })
     return rows
 
@@ -334,8 +337,11 @@ def _run_batches(study: Any, base: Any, args: Any, n_trials: int, n_envs: int, n
         batch = []
         for _ in range(min(workers if parallel else 1, n_trials - done)):
             trial = study.ask()
-            hyperparams = {**base.hyperparams, **sample_hyperparams(trial, base.core, n_envs, base.hyperparams)}
-            hook = PruningHook(name, trial._trial_id, args.pruner or "median", storage=storage_spec,
+            sampled = sample_hyperparams(trial, base.core, n_envs, base.hyperparams)
+            trial.set_user_attr("hyperparams", sampled)  # the values used (batch_size capped, hidden size)
+            hyperparams = {**base.hyperparams, **sampled}
+            # The storage's id of the trial (Optuna has no public accessor; Trial(study, id) needs it).
+            hook = PruningHook(name, trial._trial_id, args.pruner or "median", base.eval_freq, storage=storage_spec,
                                trial=None if parallel else trial)
             label = f"trial{trial.number}"
             options = dataclasses.replace(base, run_name=label, label=label, hyperparams=hyperparams,
@@ -396,7 +402,7 @@ def run_optimize(args: Any, trials: Sequence[Any]) -> int:
 
     study = optuna.create_study(study_name=name, storage=open_storage(storage_spec), direction="maximize",
                                 sampler=make_sampler(args.sampler or "tpe", seed=base.seed),
-                                pruner=make_pruner(args.pruner or "median"), load_if_exists=True)
+                                pruner=make_pruner(args.pruner or "median", base.eval_freq), load_if_exists=True)
     known = len(study.trials)
     existing = sorted(p.name for p in folder.glob("trial*") if p.is_dir()) if folder.is_dir() else []
     if known == 0 and existing and not base.overwrite:
