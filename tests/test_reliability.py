@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -325,10 +322,20 @@ def test_atomic_files_get_the_umask_mode(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
 def test_ctrl_c_during_the_imports_exits_130_without_a_traceback(script: str) -> None:
-    proc = subprocess.Popen([sys.executable, str(ROOT / script), "--help"], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    time.sleep(0.4)  # importing torch, SB3 and gymnasium takes seconds
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, (out, err)
-    assert "Traceback" not in err and err.strip() == "interrupted", err
+    # Deterministic stand-in for a Ctrl-C that lands while torch is being imported: the first
+    # ``import torch`` raises KeyboardInterrupt, then the script runs as ``python <script>`` would.
+    driver = textwrap.dedent(f"""
+        import builtins, runpy, sys
+        original = builtins.__import__
+        def interrupted_import(name, *args, **kwargs):
+            if name == "torch" or name.startswith("torch."):
+                builtins.__import__ = original
+                raise KeyboardInterrupt
+            return original(name, *args, **kwargs)
+        builtins.__import__ = interrupted_import
+        sys.argv = [{str(ROOT / script)!r}, "--help"]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    """)
+    proc = subprocess.run([sys.executable, "-c", driver], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and proc.stderr.strip() == "interrupted", proc.stderr
