@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks._common import print_table, write_json
 from benchmarks.study import _monitor_rows, curve_edges, learning_curve
 from rimrl.cli.common import read_yaml
-from rimrl.cli.train import CONFIG_FILE, MONITOR_DIR
+from rimrl.experiments.options import CONFIG_FILE, MONITOR_DIR
 
 
 def last_fifth_success(run_dir: Path) -> float:

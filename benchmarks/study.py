@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/study.py --dry-run        # the plan: what is done, what is left
 
 1. **Train** every core x seed on the suite's train variant with train.py's own sweep machinery
-   (:func:`rimrl.cli.train.build_trials` + :func:`rimrl.cli.sweep.run_sweep`, a local process pool
+   (:func:`rimrl.cli.train.build_trials` + :func:`rimrl.experiments.sweep.run_sweep`, a local process pool
    of ``--workers``), the same ``-n`` for every core, run directories under ``--out``. Completed
    runs (``model.zip`` + ``final_metrics.json`` at ``-n`` steps) are skipped; the others run with
    train.py's ``--resume``, which continues an interrupted run from its latest checkpoint and
@@ -56,7 +56,10 @@ from rimrl.cli.common import (
     run_dir_for,
     to_yaml_safe,
 )
-from rimrl.cli.train import (
+from rimrl.envs import DISTRACTOR_SUITES
+from rimrl.evaluation.environments import EvaluationInputError
+from rimrl.experiments import ExperimentInputError
+from rimrl.experiments.options import (
     CONFIG_FILE,
     CORES,
     EVALUATIONS_FILE,
@@ -65,8 +68,6 @@ from rimrl.cli.train import (
     MONITOR_DIR,
     variant_evaluations_file,
 )
-from rimrl.envs import DISTRACTOR_SUITES
-from rimrl.evaluation.environments import EvaluationInputError
 
 __all__ = ["RunState", "StudySettings", "build_parser", "learning_curve", "main", "run_study"]
 
@@ -337,7 +338,7 @@ def train_argv(settings: StudySettings, core: str, seed: int) -> list[str]:
 
 
 def train_options(settings: StudySettings, state: RunState) -> Any:
-    """One :class:`rimrl.cli.train.TrainOptions`, built by train.py's own parser and grid builder."""
+    """One :class:`rimrl.experiments.options.TrainOptions`, built by train.py's own parser and grid builder."""
     from rimrl.cli.train import build_parser as train_parser
     from rimrl.cli.train import build_trials
 
@@ -349,18 +350,18 @@ def train_options(settings: StudySettings, state: RunState) -> Any:
 def check_trainings(settings: StudySettings, pending: Sequence[RunState]) -> None:
     """train.py's validation of each pending run (env, hyperparameter keys and types, resumable
     state), without building agents or touching the disk."""
-    from rimrl.cli.train import resolve_trial
+    from rimrl.experiments.validation import resolve_trial
 
     for state in pending:
         try:
             resolve_trial(train_options(settings, state))
-        except CLIError as error:
+        except ExperimentInputError as error:
             raise CLIError(f"{state.core}/seed{state.seed}: {error}", error.exit_code) from None
 
 
 def train_runs(settings: StudySettings, pending: Sequence[RunState]) -> int:
     """Run the pending trainings as one train.py sweep (local pool); its exit status."""
-    from rimrl.cli.sweep import run_sweep
+    from rimrl.experiments.sweep import run_sweep
 
     trials = [train_options(settings, state) for state in pending]
     for options in trials:

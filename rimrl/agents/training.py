@@ -1,7 +1,7 @@
 """Training machinery that outlives a process: atomic files, checkpoints, evaluation history,
 per-episode monitor CSVs, a NaN guard and signal-driven stops.
 
-``rimrl.cli.train`` orchestrates a run with these pieces; they hold no command-line logic, so a
+``rimrl.experiments.run`` orchestrates a run with these pieces; they hold no command-line logic, so a
 script or notebook can use them directly.
 """
 

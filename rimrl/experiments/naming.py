@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rimrl.agents.storage import has_content
-from rimrl.cli.common import CLIError
+from rimrl.experiments.errors import ExperimentInputError
 
 __all__ = ["exp_dirname", "resolve_exp_id"]
 
@@ -34,7 +34,7 @@ def resolve_exp_id(parent: Path, seed: int, spec: str, latest: bool) -> str:
     :param spec: ``"N"`` (an integer >= 1) or ``"auto"``: the next unused number, or the latest
         used one when ``latest`` (``--resume`` / ``--overwrite``: continue or replace the newest
         experiment). Nothing used yet: ``seed<k>``.
-    :raises CLIError: anything else.
+    :raises ExperimentInputError: anything else.
     """
     if spec != "auto":
         try:
@@ -42,7 +42,7 @@ def resolve_exp_id(parent: Path, seed: int, spec: str, latest: bool) -> str:
         except ValueError:
             number = 0
         if number < 1:
-            raise CLIError(f"--exp-id must be an integer >= 1 or auto, got {spec!r}")
+            raise ExperimentInputError(f"--exp-id must be an integer >= 1 or auto, got {spec!r}")
         return exp_dirname(seed, number)
     used = _used_numbers(parent, seed)
     if not used:

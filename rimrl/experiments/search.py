@@ -6,7 +6,7 @@ SRM: modules, tau and unit size; LSTM/GRU: hidden size) for one env and core:
 - the sampler (:func:`sample_hyperparams`) proposes values keyed the way presets and
   ``--hyperparams`` spell them (``policy_kwargs.core_kwargs.k``); a key given with
   ``--hyperparams`` is pinned and not searched (that is also how the tests keep trials tiny);
-- each trial is an ordinary training run (:class:`rimrl.cli.train.TrainOptions`) in
+- each trial is an ordinary training run (:class:`rimrl.experiments.options.TrainOptions`) in
   ``<log-folder>/optimize/<env>/<core>/trial<k>/``, with everything a run writes;
 - the objective is the final evaluation on the train variant: its success rate, or its mean
   return for envs without a success signal; the study maximises it;
@@ -20,7 +20,7 @@ SRM: modules, tau and unit size; LSTM/GRU: hidden size) for one env and core:
 Execution uses Optuna's ask-and-tell interface: the driver asks the sampler for a batch of trials,
 runs them, and tells the study their outcome. One trial at a time runs in this process (the
 default, ``--workers 1``); with ``--workers N`` a batch of N trials runs in the sweep machinery's
-process pool, or with ``--backend ray`` as Ray tasks (:mod:`rimrl.cli.sweep`). Those workers report
+process pool, or with ``--backend ray`` as Ray tasks (:mod:`rimrl.experiments.sweep`). Those workers report
 their intermediate evaluations to the study through a shared storage (``--storage``; a journal
 file in the study folder when none is given), since an in-memory study lives in one process only.
 """
@@ -36,12 +36,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rimrl.cli.common import CLIError, env_dirname, one_line, read_yaml, write_yaml
+from rimrl.experiments.errors import ExperimentInputError
+from rimrl.experiments.io import env_dirname, one_line, read_yaml, write_yaml
 
 __all__ = [
     "BEST_PRESET_FILE",
     "OPTUNA_MISSING",
+    "SEARCH_FLAGS",
     "PruningHook",
+    "check_search_flags",
     "import_optuna",
     "make_pruner",
     "make_sampler",
@@ -61,11 +64,11 @@ JOURNAL_FILE = "study.journal"
 
 
 def import_optuna() -> Any:
-    """``import optuna`` (quietened to warnings), or a :class:`CLIError` telling how to install it."""
+    """``import optuna`` (quietened to warnings), or a :class:`~rimrl.experiments.errors.ExperimentInputError` telling how to install it."""
     try:
         import optuna
     except ImportError:
-        raise CLIError(OPTUNA_MISSING) from None
+        raise ExperimentInputError(OPTUNA_MISSING) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
@@ -142,7 +145,7 @@ def make_sampler(name: str, seed: int | None = None) -> Any:
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
-    raise CLIError(f"unknown sampler {name!r}; choose tpe or random")
+    raise ExperimentInputError(f"unknown sampler {name!r}; choose tpe or random")
 
 
 def make_pruner(name: str, eval_freq: int = 0) -> Any:
@@ -154,7 +157,7 @@ def make_pruner(name: str, eval_freq: int = 0) -> Any:
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2 * eval_freq)
     if name == "none":
         return optuna.pruners.NopPruner()
-    raise CLIError(f"unknown pruner {name!r}; choose median or none")
+    raise ExperimentInputError(f"unknown pruner {name!r}; choose median or none")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,22 +317,33 @@ def _tell(study: Any, trial: Any, result: Any) -> None:
         study.tell(trial, state=TrialState.FAIL)
 
 
+#: The flags (``args`` attributes) that only ``--optimize`` uses.
+SEARCH_FLAGS = ("n_trials", "sampler", "pruner", "storage", "study_name")
+
+
+def check_search_flags(args: Any) -> None:
+    """Refuse search flags given without ``--optimize`` (they would be silently ignored)."""
+    for flag in SEARCH_FLAGS:
+        if getattr(args, flag, None) is not None:
+            raise ExperimentInputError(f"--{flag.replace('_', '-')} needs --optimize")
+
+
 def _check_args(args: Any, trials: Sequence[Any]) -> None:
     if len(trials) != 1:
-        raise CLIError("--optimize searches one --env, --core and --seed at a time")
+        raise ExperimentInputError("--optimize searches one --env, --core and --seed at a time")
     if args.resume or getattr(args, "exp_id", None) is not None:
-        raise CLIError("--optimize names its own run directories (trial<k>): --resume and --exp-id do not apply; "
+        raise ExperimentInputError("--optimize names its own run directories (trial<k>): --resume and --exp-id do not apply; "
                        "pass --storage to continue a study")
     if args.n_trials is not None and args.n_trials < 1:
-        raise CLIError(f"--n-trials must be >= 1, got {args.n_trials}")
+        raise ExperimentInputError(f"--n-trials must be >= 1, got {args.n_trials}")
     if args.workers is not None and args.workers < 1:
-        raise CLIError(f"--workers must be >= 1, got {args.workers}")
+        raise ExperimentInputError(f"--workers must be >= 1, got {args.workers}")
 
 
 def _run_batches(study: Any, base: Any, args: Any, n_trials: int, n_envs: int, name: str,
                  storage_spec: str | None, backend: str, workers: int, parallel: bool) -> int | None:
     """Ask, run and tell ``n_trials`` trials, ``workers`` at a time; the signal that stopped them, if any."""
-    from rimrl.cli.sweep import run_local, run_ray, run_trial_safely
+    from rimrl.experiments.sweep import run_local, run_ray, run_trial_safely
 
     signum: int | None = None
     done = 0
@@ -375,8 +389,8 @@ def run_optimize(args: Any, trials: Sequence[Any]) -> int:
     :param trials: :func:`rimrl.cli.train.build_trials`' single trial: the base of every trial.
     """
     from rimrl.agents import preset_n_envs
-    from rimrl.cli.sweep import import_ray
-    from rimrl.cli.train import resolve_trial
+    from rimrl.experiments.sweep import import_ray
+    from rimrl.experiments.validation import resolve_trial
 
     _check_args(args, trials)
     optuna = import_optuna()
@@ -398,7 +412,7 @@ def run_optimize(args: Any, trials: Sequence[Any]) -> int:
         resolve_trial(dataclasses.replace(base, run_name="trial-check", quiet=True))
         n_envs = base.n_envs or preset_n_envs(base.env, base.core, base.preset, base.hyperparams, base.allow_imports)
     except ValueError as error:
-        raise CLIError(one_line(error)) from None
+        raise ExperimentInputError(one_line(error)) from None
 
     study = optuna.create_study(study_name=name, storage=open_storage(storage_spec), direction="maximize",
                                 sampler=make_sampler(args.sampler or "tpe", seed=base.seed),
@@ -406,7 +420,7 @@ def run_optimize(args: Any, trials: Sequence[Any]) -> int:
     known = len(study.trials)
     existing = sorted(p.name for p in folder.glob("trial*") if p.is_dir()) if folder.is_dir() else []
     if known == 0 and existing and not base.overwrite:
-        raise CLIError(f"{folder} already holds trial directories ({', '.join(existing[:3])}...) of another study; "
+        raise ExperimentInputError(f"{folder} already holds trial directories ({', '.join(existing[:3])}...) of another study; "
                        "pass --overwrite to replace them, or the --storage that study used to continue it")
     n_trials = args.n_trials or DEFAULT_N_TRIALS
     where = (f"Ray ({args.ray_address or 'local instance'})" if backend == "ray"

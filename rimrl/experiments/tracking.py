@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from rimrl.cli.common import CLIError, to_yaml_safe
+from rimrl.experiments.errors import ExperimentInputError
+from rimrl.experiments.io import to_yaml_safe
 
 __all__ = ["WANDB_MISSING", "Tracker", "flatten", "log_hparams", "start_tracking"]
 
@@ -60,12 +61,12 @@ def start_tracking(options: Any, config: Mapping[str, Any], run_dir: Path) -> Tr
 
     :param options: the run's ``TrainOptions`` (project, entity, group, quiet, name).
     :param config: the content of the run's ``config.yml``.
-    :raises CLIError: W&B is not installed.
+    :raises ExperimentInputError: W&B is not installed.
     """
     try:
         import wandb
     except ImportError:
-        raise CLIError(WANDB_MISSING) from None
+        raise ExperimentInputError(WANDB_MISSING) from None
     id_file = run_dir / WANDB_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() else ""
     if not run_id:
