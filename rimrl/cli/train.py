@@ -10,7 +10,8 @@ writes ``runs/rimrl-Pickup-Train-v0/rim/seed0/`` (see ``docs/train.md`` for the 
 This module only parses: :func:`build_parser` / :func:`build_trials` turn flags (+ ``--config``)
 into one :class:`~rimrl.experiments.options.TrainOptions` per trial, and :func:`main` hands them
 to the library: :func:`rimrl.experiments.run.execute_trial` (validation, the
-:class:`~rimrl.experiments.run.Trainer`) or :func:`rimrl.experiments.sweep.run_sweep`.
+:class:`~rimrl.experiments.run.Trainer`), :func:`rimrl.experiments.sweep.run_sweep` or, with
+``--optimize``, :func:`rimrl.experiments.search.run_optimize`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rimrl.agents.training import list_checkpoints
-from rimrl.cli.common import ArgumentParser, CLIError, main_guard, parse_key_values, read_yaml
+from rimrl.cli.common import ArgumentParser, CLIError, main_guard, parse_key_values
 
 # Besides what this module uses, library names that tests, benchmarks and scripts import from here.
 from rimrl.experiments.envs import make_eval_env
 from rimrl.experiments.io import program_name
+from rimrl.experiments.naming import resolve_exp_id
 from rimrl.experiments.options import (
     CONFIG_FILE,
     CORES,
@@ -40,8 +42,10 @@ from rimrl.experiments.options import (
     variant_evaluations_file,
 )
 from rimrl.experiments.run import Trainer, execute_trial
+from rimrl.experiments.search import check_search_flags, run_optimize
 from rimrl.experiments.validation import (
     check_imports,
+    config_file_values,
     import_packages,
     refuse_file_imports,
     resolve_trial,
@@ -69,15 +73,6 @@ __all__ = [
     "resolve_trial",
     "variant_evaluations_file",
 ]
-
-#: ``--config`` keys: the settable ones (:data:`~rimrl.experiments.options.DEFAULTS`; singular spellings too) plus the informational
-#: keys a run's own ``config.yml`` carries, so that file can be passed back with ``--config``.
-_CONFIG_ALIASES = {"env": "envs", "core": "cores", "seed": "seeds"}
-_CONFIG_INFO_KEYS = {
-    "overrides", "family", "command", "argv", "cwd", "created", "versions", "git", "sessions",
-    "run_dir", "resolved_device", "tensorboard_dir",
-}
-
 
 def _int_arg(text: str) -> int:
     """``"100000"``, ``"100_000"``, ``"1e5"`` -> 100000."""
@@ -161,6 +156,10 @@ def build_parser() -> ArgumentParser:
     run = parser.add_argument_group("run control")
     run.add_argument("--resume", action="store_true", help="continue the run(s) from the latest checkpoint")
     run.add_argument("--overwrite", action="store_true", help="delete existing run directories first")
+    run.add_argument("--exp-id", metavar="N|auto",
+                     help="experiment number: the run directory is seed<k>_<N> (1 is plain seed<k>); auto = "
+                     "the next unused one (with --resume: the latest one) [default: 1, and an existing run "
+                     "directory is refused unless --resume or --overwrite]")
     run.add_argument("--allow-imports", action="store_true",
                      help="let policy_kwargs.*_class, and a --config file's gym_packages / env_wrapper, import "
                      "modules outside torch.nn, torch.optim, stable_baselines3, sb3_contrib, rimrl (and gymnasium "
@@ -168,6 +167,27 @@ def build_parser() -> ArgumentParser:
     run.add_argument("--device", help="torch device: auto | cpu | cuda[:i] [default: auto]")
     run.add_argument("--threads", type=_int_arg, metavar="N", help="torch threads per trial [default: 1]")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
+    track = parser.add_argument_group("tracking (docs/train.md#tracking)")
+    track.add_argument("--track", action="store_true",
+                       help="log the run(s) to Weights & Biases (pip install rimrl[track]; WANDB_MODE=offline "
+                       "works without network): TensorBoard synced, config.yml as the config, run name = "
+                       "run directory")
+    track.add_argument("--wandb-project", metavar="NAME", help="W&B project [default: rimrl]")
+    track.add_argument("--wandb-entity", metavar="NAME", help="W&B entity (team or user) [default: W&B's]")
+    search = parser.add_argument_group("hyperparameter search (docs/train.md#hyperparameter-search)")
+    search.add_argument("--optimize", action="store_true",
+                        help="search RecurrentPPO's and the core's hyperparameters with Optuna (pip install "
+                        "rimrl[optuna]) for one --env and --core; trials run in <log-folder>/optimize/<env>/"
+                        "<core>/trial<k>; the best is written as a preset YAML")
+    search.add_argument("--n-trials", type=_int_arg, metavar="N", help="trials to run [default: 20]")
+    search.add_argument("--sampler", choices=("tpe", "random"), help="Optuna sampler [default: tpe]")
+    search.add_argument("--pruner", choices=("median", "none"),
+                        help="stop trials whose intermediate evaluations fall below the median [default: median]")
+    search.add_argument("--storage", metavar="URL|FILE",
+                        help="Optuna storage: sqlite:///study.db (any RDB URL) or a journal FILE; a study "
+                        "there is continued [default: in memory; a journal file under the study folder "
+                        "when trials run in several processes]")
+    search.add_argument("--study-name", metavar="NAME", help="Optuna study name [default: <env>-<core>]")
     sweep = parser.add_argument_group("sweeps")
     sweep.add_argument("--backend", choices=("local", "ray"),
                        help="run trials in a local process pool or as Ray tasks [default: local]")
@@ -178,27 +198,6 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def _config_file_values(path: str) -> dict[str, Any]:
-    """The settings in a ``--config`` file, keyed like :data:`DEFAULTS`."""
-    data = read_yaml(path, what="--config file")
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        if key in _CONFIG_INFO_KEYS:
-            continue
-        target = _CONFIG_ALIASES.get(key, key)
-        if target not in DEFAULTS:
-            allowed = sorted(set(DEFAULTS) | set(_CONFIG_ALIASES))
-            raise CLIError(f"unknown key {key!r} in --config file {path!r}; allowed keys: {', '.join(allowed)}")
-        if target in ("envs", "cores", "seeds", "gym_packages") and not isinstance(value, list):
-            value = [value]
-        if target == "env_wrapper" and value is not None and not isinstance(value, list):
-            value = [value]
-        if target in ("hyperparams", "env_kwargs") and not isinstance(value, Mapping):
-            raise CLIError(f"{key!r} in --config file {path!r} must be a mapping")
-        values[target] = value
-    return values
-
-
 def explicit_cli(cli_values: Mapping[str, Any]) -> set[str]:
     """The settings given as flags (they win over the ``--config`` file's)."""
     return {key for key, value in cli_values.items() if value is not None}
@@ -206,7 +205,7 @@ def explicit_cli(cli_values: Mapping[str, Any]) -> set[str]:
 
 def build_trials(args: Any, argv: Sequence[str]) -> list[TrainOptions]:
     """Parsed flags (+ ``--config``) -> one :class:`TrainOptions` per (env, core, seed), grid order."""
-    file_values = _config_file_values(args.config) if args.config else {}
+    file_values = config_file_values(args.config) if args.config else {}
     cli_values = {key: getattr(args, key, None) for key in DEFAULTS}
     cli_hyperparams = parse_key_values(args.hyperparams or [])
     cli_env_kwargs = parse_key_values(args.env_kwargs or [], what="--env-kwargs")
@@ -254,7 +253,13 @@ def build_trials(args: Any, argv: Sequence[str]) -> list[TrainOptions]:
                 options = TrainOptions(
                     env=env, core=core, seed=seed, resume=args.resume, overwrite=args.overwrite,
                     allow_imports=args.allow_imports, quiet=args.quiet, argv=list(argv), explicit=explicit_fields, **common,
+                    track=bool(getattr(args, "track", False)),
+                    wandb_project=getattr(args, "wandb_project", None) or "rimrl",
+                    wandb_entity=getattr(args, "wandb_entity", None),
                 )
+                if getattr(args, "exp_id", None) is not None:
+                    options.run_name = resolve_exp_id(options.run_dir.parent, seed, args.exp_id,
+                                                      latest=args.resume or args.overwrite)
                 if grid:
                     options.label = options.name
                 trials.append(options)
@@ -275,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     trials = build_trials(args, argv)
+    if args.optimize:
+        return run_optimize(args, trials)
+    check_search_flags(args)
     if _sweep_requested(args, trials):
         from rimrl.experiments.sweep import run_sweep
 

@@ -10,7 +10,10 @@ arguments and calls these).
   recurrent-aware evaluation);
 - :mod:`rimrl.experiments.run`: :class:`Trainer` and :func:`execute_trial`;
 - :mod:`rimrl.experiments.sweep`: a grid of trials on a local process pool or Ray, and its summary;
-- :mod:`rimrl.experiments.io`: YAML/JSON files (atomic), run directory naming, provenance.
+- :mod:`rimrl.experiments.io`: YAML/JSON files (atomic), run directory naming, provenance;
+- :mod:`rimrl.experiments.naming`: ``--exp-id`` run directory names (``seed<k>_<n>``);
+- :mod:`rimrl.experiments.tracking`: Weights & Biases runs (``--track``) and TensorBoard hparams;
+- :mod:`rimrl.experiments.search`: hyperparameter search with Optuna (``--optimize``).
 
 Bad input raises :class:`ExperimentInputError` (a ``ValueError``) with a one-line message.
 Submodules are imported on use, so ``import rimrl.experiments`` stays cheap; nothing here imports

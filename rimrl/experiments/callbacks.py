@@ -131,6 +131,9 @@ class RunCallback(BaseCallback):
         self.safe_timesteps = steps
         self._t0, self._steps0 = time.time(), steps
         self._last_line = self._t0
+        from rimrl.experiments.tracking import log_hparams
+
+        log_hparams(self.logger, self.trainer.trial, steps)
 
     def _on_step(self) -> bool:
         if STOP.signum is not None:
@@ -226,6 +229,9 @@ class RecurrentEvalCallback(EvalCallback):
     step. SB3's ``callback_on_new_best`` / ``callback_after_eval`` are called after periodic
     evaluations as in SB3 (returning False stops training at the next env step), and
     ``last_mean_reward`` / ``best_mean_reward`` / ``evaluations_*`` are kept up to date.
+    ``on_evaluation`` (``TrainOptions.on_evaluation``, ``--optimize``'s pruner) sees every
+    train-variant evaluation; a message it returns after a periodic one stops training the same
+    way, and is kept as :attr:`stop_reason` (the run ends as ``pruned``).
 
     :param eval_env: the train-variant evaluation env.
     :param history: where the evaluations are recorded (``<run>/evaluations.npz``).
@@ -237,6 +243,8 @@ class RecurrentEvalCallback(EvalCallback):
     :param variants: ``--eval-variants``: name -> (its env, its history); recorded, never used to
         choose the best model.
     :param say: prints a log line.
+    :param on_evaluation: called as ``on_evaluation(steps, result)`` after each train-variant
+        evaluation; a non-empty string returned asks training to stop (see above).
     """
 
     def __init__(
@@ -252,6 +260,7 @@ class RecurrentEvalCallback(EvalCallback):
         say: Callable[[str], None] | None = None,
         callback_on_new_best: BaseCallback | None = None,
         callback_after_eval: BaseCallback | None = None,
+        on_evaluation: Callable[[int, EvalResult], str | None] | None = None,
     ) -> None:
         super().__init__(
             eval_env, callback_on_new_best=callback_on_new_best, callback_after_eval=callback_after_eval,
@@ -264,6 +273,9 @@ class RecurrentEvalCallback(EvalCallback):
         self.seed = seed
         self.variants = dict(variants or {})
         self.say = say or (lambda message: None)
+        self.on_evaluation = on_evaluation
+        self.stop_reason: str | None = None  # on_evaluation's message, once it asked to stop
+        self.last_result: EvalResult | None = None  # the latest train-variant evaluation
         # SB3's record of the evaluations, shared with the history (reloaded on resume).
         self.evaluations_timesteps = history.timesteps
         self.evaluations_results = history.results
@@ -297,6 +309,8 @@ class RecurrentEvalCallback(EvalCallback):
                 self._continue = self.callback_on_new_best.on_step() and self._continue
             if self.callback is not None:  # SB3's callback_after_eval
                 self._continue = self._on_event() and self._continue
+            if self.stop_reason:  # on_evaluation asked to stop (a pruned search trial)
+                self._continue = False
 
     def evaluate(self, model: Any, steps: int) -> EvalResult:
         """Evaluate ``model`` (trained to ``steps``) on the train variant and each variant; save
@@ -304,6 +318,9 @@ class RecurrentEvalCallback(EvalCallback):
         result = evaluate_recurrent(model, self.eval_env, self.n_eval_episodes, deterministic=self.deterministic,
                                     seed=self.seed)
         is_best = self.history.add(steps, result)
+        self.last_result = result
+        if self.on_evaluation is not None:
+            self.stop_reason = self.on_evaluation(steps, result) or None
         if is_best and params_finite(model):
             save_model_atomic(model, self.best_model_path)
         self.last_mean_reward = result.mean_return

@@ -119,16 +119,34 @@ class TrainOptions:
     label: str = ""  # prefix of log lines (sweeps)
     argv: list[str] = field(default_factory=list)
     explicit: frozenset[str] = frozenset()  # fields given on the command line or in --config
+    #: The run directory's last component instead of ``seed<k>``: ``seed<k>_<n>`` (``--exp-id``) or
+    #: ``trial<k>`` (``--optimize``). Empty: ``seed<k>``.
+    run_name: str = ""
+    #: ``--track``: log the run to Weights & Biases (:mod:`rimrl.experiments.tracking`).
+    track: bool = False
+    wandb_project: str = "rimrl"
+    wandb_entity: str | None = None
+    wandb_group: str | None = None
+    #: Called after each evaluation on the train variant with ``(steps, result)``; a non-empty
+    #: string returned stops training there as ``pruned`` (that string is the message). Used by
+    #: ``--optimize``'s pruner (:mod:`rimrl.experiments.search`); must be picklable for sweeps.
+    on_evaluation: Any = None
+
+    def dir_under(self, root: str | Path) -> Path:
+        """``<root>/<env>/<core>/<seed<k> or run_name>``."""
+        if self.run_name:
+            return Path(root) / env_dirname(self.env) / self.core / self.run_name
+        return run_dir_for(root, self.env, self.core, self.seed)
 
     @property
     def run_dir(self) -> Path:
-        """``<log_folder>/<env>/<core>/seed<k>``."""
-        return run_dir_for(self.log_folder, self.env, self.core, self.seed)
+        """``<log_folder>/<env>/<core>/seed<k>`` (or ``.../<run_name>``)."""
+        return self.dir_under(self.log_folder)
 
     @property
     def name(self) -> str:
         """``<env>/<core>/seed<k>`` (the run directory below the log folder)."""
-        return f"{env_dirname(self.env)}/{self.core}/seed{self.seed}"
+        return f"{env_dirname(self.env)}/{self.core}/{self.run_name or f'seed{self.seed}'}"
 
 
 @dataclass
@@ -139,7 +157,7 @@ class TrialResult:
     core: str
     seed: int
     run_dir: str
-    status: str  # completed | skipped | interrupted | nan | invalid | failed | cancelled
+    status: str  # completed | skipped | interrupted | pruned | nan | invalid | failed | cancelled
     exit_code: int
     num_timesteps: int | None = None
     success_rate: float | None = None

@@ -58,7 +58,6 @@ from rimrl.experiments.io import (
     one_line,
     package_versions,
     program_name,
-    run_dir_for,
     to_yaml_safe,
     write_json,
     write_yaml,
@@ -122,12 +121,22 @@ class Trainer:
         self.fresh = False  # run() created this run directory (nothing of the user's is in it)
         self.started = time.time()
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Set when ``options.on_evaluation`` asked to stop (its message); the run ends as ``pruned``."""
+        return self.evaluator.stop_reason if self.evaluator is not None else None
+
+    @property
+    def last_eval(self) -> EvalResult | None:
+        """The latest evaluation on the train variant (``None`` before the first)."""
+        return self.evaluator.last_result if self.evaluator is not None else None
+
     # --- small pieces ----------------------------------------------------------------------------
     @property
     def tensorboard_dir(self) -> Path:
         options = self.trial.options
         if options.tensorboard:
-            return run_dir_for(options.tensorboard, options.env, options.core, options.seed)
+            return options.dir_under(options.tensorboard)
         return self.run_dir / TB_DIR
 
     def check_finite(self, model: Any, where: str) -> None:
@@ -282,11 +291,15 @@ class Trainer:
     def _run_locked(self, started: float) -> TrialResult:
         if self.trial.options.resume and self.trial.resume_from is None:
             self.say(f"nothing to resume in {self.run_dir}: starting a new run")
-        env = None
+        env = tracker = result = None
         try:
-            session, _ = self._prepare_dir()
+            session, config = self._prepare_dir()
             env = make_train_env(self.trial, session)
             self._setup(env, session)
+            if self.trial.options.track:  # before learn() creates the TensorBoard writer W&B syncs
+                from rimrl.experiments.tracking import start_tracking
+
+                tracker = start_tracking(self.trial.options, config, self.run_dir)
             result = self._train(started)
         except OSError as error:
             if error.errno not in _STORAGE_ERRNOS:
@@ -300,6 +313,8 @@ class Trainer:
             for each in (env, self.eval_env, *(e for e, _ in self.variant_evals.values())):
                 if each is not None:
                     each.close()
+            if tracker is not None:
+                tracker.finish(result.status if result is not None else "failed")
         if result.status in ("nan", "failed"):
             self._discard_if_nothing_kept()
         return result
@@ -341,7 +356,7 @@ class Trainer:
         self.evaluator = RecurrentEvalCallback(
             self.eval_env, self.history, self.run_dir / BEST_MODEL_FILE, options.eval_episodes, options.eval_freq,
             deterministic=bool(options.eval_deterministic), seed=options.seed + EVAL_SEED_OFFSET,
-            variants=self.variant_evals, say=self.say,
+            variants=self.variant_evals, say=self.say, on_evaluation=options.on_evaluation,
         )
 
     def _train(self, started: float) -> TrialResult:
@@ -402,8 +417,10 @@ class Trainer:
             if reason is None:
                 raise
             return self._non_finite(reason, started)
-        if callback.aborted:
+        if callback.aborted:  # a signal (it wins over a pruning request at the same time)
             return self._interrupted(model, callback, started)
+        if self.stop_reason:  # options.on_evaluation stopped it (a pruned search trial)
+            return self._pruned(model, callback, started)
         return None  # completed (a signal during the last update still lets it finish and save)
 
     def _interrupted(self, model: Any, callback: RunCallback, started: float) -> TrialResult:
@@ -415,6 +432,20 @@ class Trainer:
         self.say(f"{name}: checkpoint at step {model.num_timesteps:,} saved to {path}; continue with --resume")
         return self._result("interrupted", 128 + signum, started, {"num_timesteps": int(model.num_timesteps)},
                             message=f"{name} at step {model.num_timesteps:,}; --resume continues it")
+
+    def _pruned(self, model: Any, callback: RunCallback, started: float) -> TrialResult:
+        """Stopped by ``options.on_evaluation`` (a pruned search trial): checkpoint what is trained
+        (the step taken after the evaluation is dropped), so ``--resume`` could still continue it,
+        and report the last evaluation."""
+        model.num_timesteps = callback.safe_timesteps
+        self.checkpoint(model)
+        message = f"{self.stop_reason} at step {model.num_timesteps:,}"
+        self.say(f"stopped: {message}")
+        last = self.last_eval
+        metrics = {"num_timesteps": int(model.num_timesteps),
+                   "success_rate": last.success_rate if last else None,
+                   "mean_return": last.mean_return if last else None}
+        return self._result("pruned", EXIT_OK, started, metrics, message=message)
 
     def _non_finite(self, reason: str, started: float) -> TrialResult:
         kept = self.last_checkpoint

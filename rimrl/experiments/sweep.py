@@ -66,7 +66,7 @@ __all__ = [
 
 RAY_MISSING = "the ray backend needs Ray: pip install rimrl[ray]  (or: pip install 'ray>=2.9')"
 _STATUS_STYLE = {
-    "completed": "green", "skipped": "cyan", "interrupted": "yellow", "cancelled": "yellow",
+    "completed": "green", "skipped": "cyan", "interrupted": "yellow", "cancelled": "yellow", "pruned": "yellow",
     "nan": "red", "invalid": "red", "failed": "red",
 }
 

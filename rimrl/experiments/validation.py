@@ -20,7 +20,7 @@ from rimrl.agents.storage import has_content, writable_dir_problem
 from rimrl.agents.training import list_checkpoints
 from rimrl.experiments.errors import ExperimentInputError
 from rimrl.experiments.io import one_line, read_yaml, to_yaml_safe
-from rimrl.experiments.options import CONFIG_FILE, VEC_ENVS, ResolvedTrial, TrainOptions
+from rimrl.experiments.options import CONFIG_FILE, DEFAULTS, VEC_ENVS, ResolvedTrial, TrainOptions
 
 __all__ = [
     "check_device",
@@ -398,3 +398,34 @@ def resolve_trial(options: TrainOptions, say: Any = None) -> ResolvedTrial:
         options=options, family=family, params=params, n_envs=n_envs, vec_env=vec_env, variant_envs=variant_envs,
         preset_for_agent=preset_for_agent, overrides=overrides, saved_config=saved, resume_from=resume_from,
     )
+
+
+#: ``--config`` keys: the settable ones (:data:`DEFAULTS`; singular spellings too) plus the informational
+#: keys a run's own ``config.yml`` carries, so that file can be passed back with ``--config``.
+_CONFIG_ALIASES = {"env": "envs", "core": "cores", "seed": "seeds"}
+_CONFIG_INFO_KEYS = {
+    "overrides", "family", "command", "argv", "cwd", "created", "versions", "git", "sessions",
+    "run_dir", "resolved_device", "tensorboard_dir",
+}
+
+
+def config_file_values(path: str) -> dict[str, Any]:
+    """The settings in a ``--config`` file (an experiment file, or a run's own ``config.yml``),
+    keyed like :data:`DEFAULTS`."""
+    data = read_yaml(path, what="--config file")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _CONFIG_INFO_KEYS:
+            continue
+        target = _CONFIG_ALIASES.get(key, key)
+        if target not in DEFAULTS:
+            allowed = sorted(set(DEFAULTS) | set(_CONFIG_ALIASES))
+            raise ExperimentInputError(f"unknown key {key!r} in --config file {path!r}; allowed keys: {', '.join(allowed)}")
+        if target in ("envs", "cores", "seeds", "gym_packages") and not isinstance(value, list):
+            value = [value]
+        if target == "env_wrapper" and value is not None and not isinstance(value, list):
+            value = [value]
+        if target in ("hyperparams", "env_kwargs") and not isinstance(value, Mapping):
+            raise ExperimentInputError(f"{key!r} in --config file {path!r} must be a mapping")
+        values[target] = value
+    return values
