@@ -81,3 +81,15 @@ def test_a_space_mismatch_is_one_short_line(trained: Path) -> None:
 def test_python_valued_hyperparams_get_a_yaml_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     expect_usage_error(["-f", str(tmp_path), "--hyperparams", "policy_kwargs=dict(net_arch=[64])"], capsys,
                        "values are YAML, not Python", "policy_kwargs.net_arch=")
+
+
+def test_the_readme_snippet_sets_one_torch_thread_before_training() -> None:
+    """The README's Python example must run as fast as train.py: torch's default of one thread per
+    core made it ~18x slower on a 2-core machine (issue 15)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in readme.split("```python")[1:]]
+    training = [block for block in blocks if "RecurrentPPO(" in block and ".learn(" in block]
+    assert training, "the README has no Python training example"
+    for block in training:
+        assert "torch.set_num_threads(1)" in block, block
+        assert block.index("torch.set_num_threads(1)") < block.index(".learn("), block
