@@ -1,0 +1,182 @@
+"""Every ``RecurrentActorCriticPolicy`` argument with every core (issue 14, item 1).
+
+For each core and argument: learn a few steps, save (zip and weights-only copy), load both in a
+fresh process and predict the same actions and states; plus the state shape ``(n_layers, B, H)``,
+gradients reaching every layer of a stack, and the errors for arguments a core cannot take.
+Models are tiny (a few dozen env steps), one subprocess per test loads all of its models.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from rimrl.agents.safe import save_weights
+from rimrl.policies import POLICIES
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+CORES = tuple(POLICIES)
+TINY = dict(n_steps=16, batch_size=16, n_epochs=1)
+# Small widths that every core accepts (RIM: 6 units, SRM: its default modules).
+HIDDEN = {"lstm": 16, "gru": 16, "rim": 24, "srm": 24}
+STEPS = 6
+
+# Loads each saved model twice (weights-only copy and zip) and replays the observations.
+_LOADER = """
+import json, sys
+import numpy as np, torch
+torch.set_num_threads(1)
+from sb3_contrib import RecurrentPPO
+from rimrl.agents.safe import load_safe
+out = {}
+for base in json.loads(sys.argv[1]):
+    obs = np.load(base + ".obs.npy")
+    for kind, model in (("safe", load_safe(base)), ("zip", RecurrentPPO.load(base + ".zip", device="cpu"))):
+        state, start, actions = None, np.ones(1, dtype=bool), []
+        for o in obs:
+            action, state = model.predict(o, state=state, episode_start=start, deterministic=True)
+            start = np.zeros(1, dtype=bool)
+            actions.append(action.tolist())
+        out[base + ":" + kind] = {"actions": actions, "h": state[0].tolist(), "c": state[1].tolist()}
+print(json.dumps(out))
+"""
+
+
+def _rollout(model: RecurrentPPO, obs: np.ndarray) -> dict[str, Any]:
+    """Deterministic actions over ``obs`` ``(T, 1, ...)`` and the final ``(h, c)``."""
+    state, start, actions = None, np.ones(1, dtype=bool), []
+    for o in obs:
+        action, state = model.predict(o, state=state, episode_start=start, deterministic=True)
+        start = np.zeros(1, dtype=bool)
+        actions.append(action.tolist())
+    return {"actions": actions, "h": state[0].tolist(), "c": state[1].tolist()}
+
+
+def _observations(env, steps: int = STEPS) -> np.ndarray:
+    obs = [env.reset()]
+    for _ in range(steps - 1):
+        obs.append(env.step(np.array([env.action_space.sample()]))[0])
+    return np.stack(obs)
+
+
+def _train_and_save(tmp_path: Path, name: str, env, core: str, policy_kwargs: dict[str, Any]) -> tuple[str, dict]:
+    """Learn 32 steps, save the zip and the weights-only copy, return the base path and the expected rollout."""
+    kwargs = {"lstm_hidden_size": HIDDEN[core], **policy_kwargs}
+    model = RecurrentPPO(POLICIES[core], env, policy_kwargs=kwargs, seed=0, device="cpu", **TINY)
+    model.learn(32)
+    base = str(tmp_path / name)
+    model.save(base + ".zip")
+    save_weights(model, base)
+    obs = _observations(env)
+    np.save(base + ".obs.npy", obs)
+    return base, _rollout(model, obs)
+
+
+def _check_fresh_process(expected: dict[str, dict]) -> None:
+    """Load every saved model in one new interpreter; it must predict the same actions and states."""
+    proc = subprocess.run([sys.executable, "-c", _LOADER, json.dumps(list(expected))], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    for base, want in expected.items():
+        for kind in ("safe", "zip"):
+            got = loaded[f"{base}:{kind}"]
+            assert got["actions"] == want["actions"], (base, kind)
+            np.testing.assert_allclose(got["h"], want["h"], atol=1e-5, err_msg=f"{base} {kind}")
+            np.testing.assert_allclose(got["c"], want["c"], atol=1e-5, err_msg=f"{base} {kind}")
+
+
+def _vector_cases(core: str) -> dict[str, dict[str, Any]]:
+    cases: dict[str, dict[str, Any]] = {
+        "stack2": dict(n_lstm_layers=2),
+        "stack3_critic": dict(n_lstm_layers=3, shared_lstm=False, enable_critic_lstm=True),
+    }
+    if core in ("lstm", "gru"):
+        cases["lstm_kwargs"] = dict(n_lstm_layers=2, lstm_kwargs=dict(dropout=0.5, bias=False))
+    return cases
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_arguments_learn_save_load_predict(tmp_path, core):
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    expected = {}
+    for name, policy_kwargs in _vector_cases(core).items():
+        base, rollout = _train_and_save(tmp_path, name, env, core, policy_kwargs)
+        layers = policy_kwargs.get("n_lstm_layers", 1)
+        assert np.asarray(rollout["h"]).shape == (layers, 1, HIDDEN[core])
+        expected[base] = rollout
+    env.close()
+    _check_fresh_process(expected)
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_state_shape_and_gradient_reach_every_layer(core, layers):
+    env = make_vec_env("CartPole-v1", n_envs=1)
+    model = RecurrentPPO(POLICIES[core], env, policy_kwargs=dict(lstm_hidden_size=HIDDEN[core], n_lstm_layers=layers),
+                         device="cpu", **TINY)
+    env.close()
+    policy = model.policy
+    assert policy.lstm_hidden_state_shape == (layers, 1, HIDDEN[core])
+    assert model._last_lstm_states.pi[0].shape == (layers, 1, HIDDEN[core])
+    assert model.rollout_buffer.hidden_states_pi.shape == (TINY["n_steps"], layers, 1, HIDDEN[core])
+    core_module = policy.lstm_actor
+    seq_len, batch = 5, 3
+    x = torch.randn(seq_len, batch, core_module.input_size)
+    starts = torch.zeros(seq_len, batch)
+    starts[2, 1] = 1.0  # a reset inside the sequence
+    out, (h, c) = core_module(x, None, episode_starts=starts)
+    assert out.shape == (seq_len, batch, HIDDEN[core])
+    assert h.shape == c.shape == (layers, batch, HIDDEN[core])
+    out.pow(2).sum().backward()
+    if core in ("lstm", "gru"):
+        per_layer = [[p for n, p in core_module.rnn.named_parameters() if n.endswith(f"_l{i}")] for i in range(layers)]
+    elif layers == 1:
+        per_layer = [list(core_module.parameters())]
+    else:
+        per_layer = [list(layer.parameters()) for layer in core_module.layers]
+    for i, params in enumerate(per_layer):
+        assert params and any(p.grad is not None and p.grad.abs().sum() > 0 for p in params), f"layer {i} gets no gradient"
+
+
+@pytest.mark.parametrize("core", ["lstm", "gru"])
+def test_lstm_kwargs_reach_torch(core):
+    env = make_vec_env("CartPole-v1", n_envs=1)
+    kwargs = dict(lstm_hidden_size=16, n_lstm_layers=2, lstm_kwargs=dict(dropout=0.25, bias=False),
+                  shared_lstm=False, enable_critic_lstm=True)
+    policy = RecurrentPPO(POLICIES[core], env, policy_kwargs=kwargs, device="cpu", **TINY).policy
+    env.close()
+    for rnn in (policy.lstm_actor.rnn, policy.lstm_critic.rnn):
+        assert (rnn.num_layers, rnn.dropout, rnn.bias) == (2, 0.25, False)
+    assert policy._get_constructor_parameters()["lstm_kwargs"] == dict(dropout=0.25, bias=False)
+    assert policy._get_constructor_parameters()["n_lstm_layers"] == 2
+
+
+@pytest.mark.parametrize(
+    "core, policy_kwargs, match",
+    [
+        ("rim", dict(lstm_kwargs=dict(dropout=0.5)), "core_kwargs"),
+        ("srm", dict(lstm_kwargs=dict(dropout=0.5)), "core_kwargs"),
+        ("lstm", dict(lstm_kwargs=dict(batch_first=True)), "batch_first"),
+        ("gru", dict(lstm_kwargs=dict(bidirectional=True)), "bidirectional"),
+        ("lstm", dict(lstm_kwargs=dict(not_an_arg=1)), "not_an_arg"),
+        ("rim", dict(n_lstm_layers=0), "n_lstm_layers"),
+        ("lstm", dict(shared_lstm=True, enable_critic_lstm=True), "exclusive"),
+    ],
+)
+def test_arguments_a_core_cannot_take_raise_value_error(core, policy_kwargs, match):
+    env = make_vec_env("CartPole-v1", n_envs=1)
+    with pytest.raises(ValueError, match=match):
+        RecurrentPPO(POLICIES[core], env, device="cpu", policy_kwargs=policy_kwargs, **TINY)
+    env.close()
