@@ -180,3 +180,50 @@ def test_arguments_a_core_cannot_take_raise_value_error(core, policy_kwargs, mat
     with pytest.raises(ValueError, match=match):
         RecurrentPPO(POLICIES[core], env, device="cpu", policy_kwargs=policy_kwargs, **TINY)
     env.close()
+
+
+def _image_env():
+    """A 44x44 one-channel image env (SB3's FakeImageEnv): NatureCNN's trunk gives a 2x2 map, so it is quick."""
+    from stable_baselines3.common.envs import FakeImageEnv
+
+    return make_vec_env(FakeImageEnv, n_envs=1, seed=0, env_kwargs=dict(screen_height=44, screen_width=44, n_channels=1))
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_image_features_dim_and_naturecnn(tmp_path, core):
+    from stable_baselines3.common.torch_layers import NatureCNN
+
+    from rimrl.policies import AtariTokenEncoder
+
+    env = _image_env()
+    cases = {
+        # CnnLstmPolicy-style: features_dim is the size of the vector the core reads.
+        "features_dim": dict(features_extractor_kwargs=dict(features_dim=32)),
+        "naturecnn": dict(features_extractor_class=NatureCNN, features_extractor_kwargs=dict(features_dim=32)),
+        "naturecnn_stack2": dict(features_extractor_class=NatureCNN, features_extractor_kwargs=dict(features_dim=32),
+                                 n_lstm_layers=2),
+    }
+    expected = {}
+    for name, policy_kwargs in cases.items():
+        base, rollout = _train_and_save(tmp_path, name, env, core, policy_kwargs)
+        model = RecurrentPPO.load(base + ".zip", device="cpu")
+        extractor = model.policy.features_extractor
+        assert isinstance(extractor, NatureCNN if "naturecnn" in name else AtariTokenEncoder)
+        assert model.policy.features_dim == 32 and model.policy.lstm_actor.input_size == 32
+        expected[base] = rollout
+    env.close()
+    _check_fresh_process(expected)
+
+
+def test_atari_encoder_features_dim_is_one_vector():
+    from gymnasium import spaces
+
+    from rimrl.policies import AtariTokenEncoder
+
+    space = spaces.Box(0, 255, (4, 84, 84), dtype=np.uint8)
+    encoder = AtariTokenEncoder(space, features_dim=48)
+    assert (encoder.features_dim, encoder.num_tokens, encoder.token_dim) == (48, 1, 48)
+    assert encoder(torch.rand(2, 4, 84, 84)).shape == (2, 48)
+    assert AtariTokenEncoder(space).features_dim == 49 * 64  # default: one token per cell, as before
+    with pytest.raises(ValueError, match="features_dim"):
+        AtariTokenEncoder(space, features_dim=0)
