@@ -41,7 +41,12 @@ from sb3_contrib import RecurrentPPO
 from rimrl.agents.safe import load_safe
 out = {}
 for base in json.loads(sys.argv[1]):
-    obs = np.load(base + ".obs.npy")
+    saved = np.load(base + ".obs.npz")
+    if "obs" in saved:
+        obs = list(saved["obs"])
+    else:  # a Dict space: one array per key
+        keys = [k[4:] for k in saved.files]
+        obs = [{k: saved["obs." + k][t] for k in keys} for t in range(len(saved[saved.files[0]]))]
     for kind, model in (("safe", load_safe(base)), ("zip", RecurrentPPO.load(base + ".zip", device="cpu"))):
         state, start, actions = None, np.ones(1, dtype=bool), []
         for o in obs:
@@ -53,8 +58,8 @@ print(json.dumps(out))
 """
 
 
-def _rollout(model: RecurrentPPO, obs: np.ndarray) -> dict[str, Any]:
-    """Deterministic actions over ``obs`` ``(T, 1, ...)`` and the final ``(h, c)``."""
+def _rollout(model: RecurrentPPO, obs: list) -> dict[str, Any]:
+    """Deterministic actions over ``obs`` (T observations of one env) and the final ``(h, c)``."""
     state, start, actions = None, np.ones(1, dtype=bool), []
     for o in obs:
         action, state = model.predict(o, state=state, episode_start=start, deterministic=True)
@@ -63,11 +68,20 @@ def _rollout(model: RecurrentPPO, obs: np.ndarray) -> dict[str, Any]:
     return {"actions": actions, "h": state[0].tolist(), "c": state[1].tolist()}
 
 
-def _observations(env, steps: int = STEPS) -> np.ndarray:
+def _observations(env, steps: int = STEPS) -> list:
+    """``steps`` observations of a one-env VecEnv (arrays or dicts of arrays), random actions."""
     obs = [env.reset()]
     for _ in range(steps - 1):
         obs.append(env.step(np.array([env.action_space.sample()]))[0])
-    return np.stack(obs)
+    return obs
+
+
+def _save_observations(path: str, obs: list) -> None:
+    """Without pickle: ``obs`` stacked, or one stacked array per key of a Dict space."""
+    if isinstance(obs[0], dict):
+        np.savez(path, **{f"obs.{k}": np.stack([o[k] for o in obs]) for k in obs[0]})
+    else:
+        np.savez(path, obs=np.stack(obs))
 
 
 def _train_and_save(tmp_path: Path, name: str, env, core: str, policy_kwargs: dict[str, Any]) -> tuple[str, dict]:
@@ -79,7 +93,7 @@ def _train_and_save(tmp_path: Path, name: str, env, core: str, policy_kwargs: di
     model.save(base + ".zip")
     save_weights(model, base)
     obs = _observations(env)
-    np.save(base + ".obs.npy", obs)
+    _save_observations(base + ".obs.npz", obs)
     return base, _rollout(model, obs)
 
 
@@ -118,6 +132,40 @@ def test_arguments_learn_save_load_predict(tmp_path, core):
         expected[base] = rollout
     env.close()
     _check_fresh_process(expected)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_stack_on_minigrid_tokens(tmp_path, core):
+    """The MiniGrid path: the token encoder, RIM reading the token set, SRM its positioned tokens."""
+    from rimrl.envs import make_env
+
+    env = make_env("rimrl/Pickup-Train-v0", n_envs=1)
+    policy_kwargs: dict[str, Any] = dict(n_lstm_layers=2)
+    if core == "rim":
+        policy_kwargs["core_input"] = "tokens"
+    base, rollout = _train_and_save(tmp_path, "minigrid_stack2", env, core, policy_kwargs)
+    env.close()
+    assert np.asarray(rollout["h"]).shape == (2, 1, HIDDEN[core])
+    _check_fresh_process({base: rollout})
+
+
+def test_registered_core_stacks_and_refuses_lstm_kwargs():
+    import toy_plugin  # noqa: F401  (registers core "toy")
+
+    from rimrl.cores.stack import StackedCore
+    from rimrl.policies import ModularRecurrentPolicy
+
+    env = make_vec_env("CartPole-v1", n_envs=1)
+    kwargs = dict(core=toy_plugin.TOY_CORE, lstm_hidden_size=8, n_lstm_layers=2, core_kwargs=dict(scale=0.5))
+    policy = RecurrentPPO(ModularRecurrentPolicy, env, policy_kwargs=kwargs, device="cpu", **TINY).policy
+    assert isinstance(policy.lstm_actor, StackedCore) and policy.lstm_actor.num_layers == 2
+    assert [layer.scale for layer in policy.lstm_actor.layers] == [0.5, 0.5]
+    out, (h, _) = policy.lstm_actor(torch.randn(3, 2, policy.lstm_actor.input_size))
+    assert out.shape == (3, 2, 8) and h.shape == (2, 2, 8)
+    with pytest.raises(ValueError, match="core_kwargs"):
+        RecurrentPPO(ModularRecurrentPolicy, env, policy_kwargs=dict(core=toy_plugin.TOY_CORE, lstm_kwargs=dict(bias=False)),
+                     device="cpu", **TINY)
+    env.close()
 
 
 @pytest.mark.parametrize("core", CORES)
