@@ -27,6 +27,7 @@ from rimrl.cores.registry import (
 from rimrl.cores.registry import _register_builtin as _builtin
 from rimrl.cores.rim import RIM
 from rimrl.cores.srm import SRM
+from rimrl.cores.stack import StackedCore
 
 #: Core factories by name: the built-in classes plus every :func:`register_core` (kept in step
 #: with the registry; read :func:`core_spec` for the rest of a core's registration).
@@ -52,8 +53,10 @@ _builtin(CoreSpec("srm", SRM, ("tokens",), 192, {}, "srm", builtin=True))
 def make_core(name: str, input_size: int, hidden_size: int, **kwargs: Any) -> nn.Module:
     """Build a core by name (a built-in ``"lstm"``, ``"gru"``, ``"rim"``, ``"srm"``, or a registered one).
 
-    ``kwargs`` go to the core's constructor/factory; LSTM and GRU take none. The result maps
-    ``x`` ``(T, B, input_size)`` to ``out`` ``(T, B, hidden_size)``.
+    ``kwargs`` go to the core's constructor/factory; LSTM and GRU take ``num_layers`` and
+    torch's ``nn.LSTM``/``nn.GRU`` arguments (``dropout``, ``bias``, ...). The result maps
+    ``x`` ``(T, B, input_size)`` to ``out`` ``(T, B, hidden_size)``. To stack any core use
+    ``core_spec(name).build_layers(input_size, hidden_size, num_layers, **kwargs)``.
 
     :raises UnknownCoreError: (a ``ValueError``) ``name`` is not registered.
     :raises ValueError: bad arguments, or a registered factory whose module breaks the contract.
@@ -73,6 +76,7 @@ __all__ = [
     "GroupedLinear",
     "RecurrentCore",
     "CoreSpec",
+    "StackedCore",
     "State",
     "UnknownCoreError",
     "core_names",

@@ -50,8 +50,8 @@ class RecurrentCore(nn.Module):
         self.hidden_size = hidden_size
 
     def initial_state(self, batch_size: int, like: torch.Tensor) -> State:
-        """Zero state ``(h, c)``, each ``(1, B, hidden_size)``, on ``like``'s device and dtype."""
-        zeros = like.new_zeros(1, batch_size, self.hidden_size)
+        """Zero state ``(h, c)``, each ``(num_layers, B, hidden_size)``, on ``like``'s device and dtype."""
+        zeros = like.new_zeros(self.num_layers, batch_size, self.hidden_size)
         return zeros, zeros.clone()
 
     def _prepare(

@@ -8,7 +8,9 @@ contract of :mod:`rimrl.cores.base`::
     # x (T, B, input_size) -> out (T, B, hidden_size); h, c each (1, B, hidden_size)
 
 with attributes ``input_size``, ``hidden_size`` and ``num_layers == 1`` (sb3-contrib sizes its
-state buffers from them). Registration also records what the policy needs to know about the core
+state buffers from them). ``n_lstm_layers > 1`` stacks such a core (:meth:`CoreSpec.build_layers`);
+a factory that takes ``num_layers`` itself (torch's LSTM/GRU) stacks its own layers, state
+``(num_layers, B, hidden_size)``. Registration also records what the policy needs to know about the core
 (:class:`CoreSpec`): which encoder output it reads, its default width and default kwargs, and
 which preset section it falls back to when a preset file has none for it.
 
@@ -85,7 +87,7 @@ class CoreSpec:
         """Call the factory and check the result's contract attributes.
 
         :raises ValueError: bad arguments for the factory, or a module without the contract's
-            ``input_size`` / ``hidden_size`` / ``num_layers == 1``.
+            ``input_size`` / ``hidden_size`` / ``num_layers`` (1, or the ``num_layers`` given).
         """
         try:
             core = self.factory(input_size, hidden_size, **kwargs)
@@ -94,13 +96,44 @@ class CoreSpec:
         if not isinstance(core, nn.Module):
             raise ValueError(f"core {self.name!r}: the factory returned a {type(core).__name__}, not a torch nn.Module")
         found = {key: getattr(core, key, None) for key in ("input_size", "hidden_size", "num_layers")}
-        expected = {"input_size": input_size, "hidden_size": hidden_size, "num_layers": 1}
+        expected = {"input_size": input_size, "hidden_size": hidden_size, "num_layers": kwargs.get("num_layers", 1)}
         if found != expected:
             raise ValueError(
                 f"core {self.name!r} does not follow the core contract: its (input_size, hidden_size, num_layers) are "
                 f"{tuple(found.values())}, expected {tuple(expected.values())} (see rimrl.cores.base.RecurrentCore)"
             )
         return core
+
+    def build_layers(self, input_size: int, hidden_size: int, num_layers: int, **kwargs: Any) -> nn.Module:
+        """A core of ``num_layers`` layers, state ``(num_layers, B, hidden_size)``.
+
+        A factory that takes ``num_layers`` itself (LSTM, GRU: torch's stacking) gets it; any
+        other core is stacked by :class:`~rimrl.cores.stack.StackedCore`: layer 0 is built with
+        ``kwargs`` and reads the input, each later layer is built with the same ``kwargs`` but
+        reads the layer below's output as one vector (``num_tokens=1``, one position at the
+        origin for cores that take positions).
+        """
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"n_lstm_layers must be an integer >= 1, got {num_layers!r}")
+        accepted = core_factory_parameters(self.factory)
+        if "num_layers" in accepted:
+            return self.build(input_size, hidden_size, num_layers=num_layers, **kwargs)
+        if "num_layers" in kwargs:
+            raise ValueError(f"core {self.name!r} takes no num_layers; set n_lstm_layers to stack it")
+        if num_layers == 1:
+            return self.build(input_size, hidden_size, **kwargs)
+        import torch
+
+        from rimrl.cores.stack import StackedCore
+
+        upper = dict(kwargs)
+        if "num_tokens" in accepted:
+            upper["num_tokens"] = 1
+        if "token_positions" in accepted:
+            upper["token_positions"] = torch.zeros(1, 3)
+        layers = [self.build(input_size, hidden_size, **kwargs)]
+        layers += [self.build(hidden_size, hidden_size, **upper) for _ in range(num_layers - 1)]
+        return StackedCore(layers)
 
 
 _REGISTRY: dict[str, CoreSpec] = {}

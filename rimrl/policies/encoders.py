@@ -301,14 +301,29 @@ class AtariTokenEncoder(TokenEncoder):
     ``64 x 7 x 7`` map: 49 tokens of 64 channels, plus a learned per-cell positional term. Without
     the trunk's final dense layer the flattened tokens are exactly NatureCNN's 3136-d flatten.
 
+    With ``features_dim=N`` it is NatureCNN exactly as SB3 builds it for ``CnnLstmPolicy``
+    (``features_extractor_kwargs=dict(features_dim=N)``): the flattened map goes through
+    ``Linear(rows * cols * token_dim, N) + ReLU`` and the core reads that one vector of size N
+    (one token, at the origin, for cores that read tokens).
+
     :param observation_space: a channel-first image box ``(C, H, W)`` (SB3 transposes
         channel-last images before the policy sees them).
     :param token_dim: channels of the last conv layer (= token size); 64 as in NatureCNN.
+    :param features_dim: ``None`` (default): one token per cell; an integer: NatureCNN's dense
+        layer to a vector of this size.
     """
 
-    def __init__(self, observation_space: spaces.Box, token_dim: int = 64, normalized_images: bool = True):
+    def __init__(
+        self,
+        observation_space: spaces.Box,
+        token_dim: int = 64,
+        normalized_images: bool = True,
+        features_dim: int | None = None,
+    ):
         if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 3:
             raise ValueError(f"AtariTokenEncoder needs a (C, H, W) image box, got {observation_space}")
+        if features_dim is not None and (isinstance(features_dim, bool) or not isinstance(features_dim, int) or features_dim < 1):
+            raise ValueError(f"features_dim must be a positive integer or None, got {features_dim!r}")
         n_channels = observation_space.shape[0]
         cnn = nn.Sequential(
             nn.Conv2d(n_channels, 32, kernel_size=8, stride=4),
@@ -330,15 +345,24 @@ class AtariTokenEncoder(TokenEncoder):
             ],
             axis=1,
         )
-        super().__init__(observation_space, rows * cols, token_dim, th.as_tensor(pos, dtype=th.float32))
+        if features_dim is None:
+            super().__init__(observation_space, rows * cols, token_dim, th.as_tensor(pos, dtype=th.float32))
+            self.cell_pos = nn.Parameter(th.zeros(rows * cols, token_dim))
+            self.head = None
+        else:
+            # NatureCNN's dense layer sees every cell at a fixed place: no positional term needed.
+            super().__init__(observation_space, 1, features_dim, th.zeros(1, 3))
+            self.cell_pos = None
+            self.head = nn.Sequential(nn.Linear(rows * cols * token_dim, features_dim), nn.ReLU())
         self.fmap_shape = (rows, cols)
         self.normalized_images = normalized_images
         self.cnn = cnn
-        self.cell_pos = nn.Parameter(th.zeros(rows * cols, token_dim))
 
     def tokens(self, observations: th.Tensor) -> th.Tensor:
-        """``(B, rows * cols, token_dim)`` from ``(B, C, H, W)`` images."""
+        """``(B, rows * cols, token_dim)`` from ``(B, C, H, W)`` images (``(B, 1, features_dim)`` with a head)."""
         fmap = self.cnn(observations)  # (B, D, rows, cols)
+        if self.head is not None:
+            return self.head(fmap.flatten(start_dim=1)).unsqueeze(1)
         return fmap.flatten(start_dim=2).transpose(1, 2) + self.cell_pos
 
 

@@ -6,7 +6,7 @@ episode_start)`` keep working:
 
 1. ``lstm_actor`` (and ``lstm_critic`` when the critic has its own core) is a rimrl core built by
    ``rimrl.cores.make_core`` instead of ``nn.LSTM``. Cores follow ``nn.LSTM``'s contract
-   (``(T, B, F)`` in, ``(T, B, H)`` out, ``(h, c)`` each ``(1, B, H)``, ``num_layers == 1``), so
+   (``(T, B, F)`` in, ``(T, B, H)`` out, ``(h, c)`` each ``(num_layers, B, H)``), so
    sb3-contrib sizes its state buffers from ``lstm_actor.hidden_size`` as before.
 2. ``_process_sequence`` hands every padded minibatch sequence to the core in *one* call with its
    ``episode_starts`` (the core resets rows inside its own loop). sb3-contrib's version falls
@@ -31,6 +31,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
+from rimrl.cores.recurrent import TORCH_RNN_CORES
 from rimrl.cores.registry import BUILTIN_CORES, core_factory_parameters, core_spec
 from rimrl.policies.encoders import AtariTokenEncoder, encoder_spec
 
@@ -111,7 +112,7 @@ class ProjectedCore(nn.Module):
         state: tuple[th.Tensor, th.Tensor] | None = None,
         episode_starts: th.Tensor | None = None,
     ) -> tuple[th.Tensor, tuple[th.Tensor, th.Tensor]]:
-        """``x`` ``(T, B, input_size)`` -> ``out`` ``(T, B, H)`` and ``(h, c)`` each ``(1, B, H)``."""
+        """``x`` ``(T, B, input_size)`` -> ``out`` ``(T, B, H)`` and ``(h, c)`` each ``(n_layers, B, H)``."""
         return self.core(self.proj(x), state, episode_starts=episode_starts)
 
 
@@ -124,14 +125,17 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
 
     :param lstm_hidden_size: the core's ``hidden_size`` (``None``: :data:`DEFAULT_HIDDEN_SIZE`).
         For RIM/SRM it must be divisible by the number of units/modules.
-    :param n_lstm_layers: must be 1 (every core is one layer).
+    :param n_lstm_layers: layers of the core; the state is ``(n_lstm_layers, B, H)`` as in
+        sb3-contrib. LSTM/GRU: torch's ``num_layers``. Other cores: a
+        :class:`rimrl.cores.stack.StackedCore`, layer l a full core reading layer l - 1's output.
     :param shared_lstm: one core for actor and critic. Unlike sb3-contrib (which detaches the
         critic's input so only the actor's gradient trains the LSTM), the value loss also trains
         the shared core unless ``shared_core_value_grad=False``. ``None`` (default) -> shared,
         the measured choice (docs/policies.md).
     :param enable_critic_lstm: a separate core of the same kind and kwargs for the critic.
         With both flags False the critic is feed-forward (sb3-contrib's ``nn.Linear``).
-    :param lstm_kwargs: not supported (use ``core_kwargs``).
+    :param lstm_kwargs: LSTM/GRU only: passed to ``nn.LSTM``/``nn.GRU`` (``dropout``, ``bias``,
+        ...); for any other core a ``ValueError`` names ``core_kwargs``.
     :param core: core name, built-in or registered; ``None`` -> the class's ``default_core``.
         An unregistered name raises :class:`rimrl.cores.UnknownCoreError` (a ``ValueError``).
     :param core_kwargs: keyword arguments for ``rimrl.cores.make_core`` (e.g. ``num_units``,
@@ -187,10 +191,14 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
     ) -> None:
         core = self.default_core if core is None else core
         spec = core_spec(core)  # UnknownCoreError (a ValueError) names register_core
-        if n_lstm_layers != 1:
-            raise ValueError(f"n_lstm_layers must be 1 (rimrl cores are one layer), got {n_lstm_layers}")
-        if lstm_kwargs:
-            raise ValueError("lstm_kwargs is not supported by ModularRecurrentPolicy; use core_kwargs")
+        if isinstance(n_lstm_layers, bool) or not isinstance(n_lstm_layers, int) or n_lstm_layers < 1:
+            raise ValueError(f"n_lstm_layers must be an integer >= 1, got {n_lstm_layers!r}")
+        if lstm_kwargs and not (isinstance(spec.factory, type) and issubclass(spec.factory, TORCH_RNN_CORES)):
+            raise ValueError(
+                f"lstm_kwargs go to torch's nn.LSTM/nn.GRU and core {core!r} is neither: give its options in core_kwargs"
+            )
+        if lstm_kwargs and core_kwargs and set(lstm_kwargs) & set(core_kwargs):
+            raise ValueError(f"{sorted(set(lstm_kwargs) & set(core_kwargs))[0]!r} is set in both lstm_kwargs and core_kwargs")
         core_input = spec.inputs[0] if core_input is None else core_input
         if core_input not in spec.inputs:
             raise ValueError(f"core_input for core {core!r} must be one of {list(spec.inputs)}, got {core_input!r}")
@@ -223,6 +231,7 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
         self.core_input_projection = core_input_projection
         self.core_input_activation = core_input_activation
         self.shared_core_value_grad = shared_core_value_grad
+        self.n_lstm_layers = n_lstm_layers
         # The parent builds throw-away nn.LSTMs (and an optimizer over them); they are replaced
         # below. Building them costs a few milliseconds, and keeping the parent's __init__
         # untouched is what keeps us compatible with sb3-contrib.
@@ -245,11 +254,12 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
             optimizer_class=optimizer_class,
             optimizer_kwargs=optimizer_kwargs,
             lstm_hidden_size=hidden_size,
-            n_lstm_layers=1,
+            n_lstm_layers=n_lstm_layers,  # sizes lstm_hidden_state_shape (n_layers, 1, H) for predict()
             shared_lstm=shared_lstm,
             enable_critic_lstm=enable_critic_lstm,
-            lstm_kwargs=None,
+            lstm_kwargs=None,  # ours go to the core below, not to the throw-away nn.LSTM
         )
+        self.lstm_kwargs = dict(lstm_kwargs or {})
         self.lstm_actor = self._make_core(self.pi_features_extractor, hidden_size)
         if self.lstm_critic is not None:
             self.lstm_critic = self._make_core(self.vf_features_extractor, hidden_size)
@@ -276,7 +286,7 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
         # A vector input is one token of all the features (null slot aside, for RIM).
         num_tokens = int(getattr(extractor, "num_tokens", 1)) if self.core_input == "tokens" else 1
         features_dim = int(extractor.features_dim)
-        kwargs = {**spec.default_kwargs, **self.core_kwargs}
+        kwargs = {**spec.default_kwargs, **self.core_kwargs, **self.lstm_kwargs}
         # The encoder's arguments go to cores that name them (RIM: num_tokens; SRM: both; a
         # registered factory: whichever its signature has).
         accepted = core_factory_parameters(spec.factory)
@@ -286,15 +296,16 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
             positions = getattr(extractor, "token_positions", None)
             kwargs["token_positions"] = th.zeros(num_tokens, 3) if positions is None else positions.detach().clone().cpu()
         if self.core_input_projection is not None:
-            inner = spec.build(int(self.core_input_projection), hidden_size, **kwargs)
+            inner = spec.build_layers(int(self.core_input_projection), hidden_size, self.n_lstm_layers, **kwargs)
             return ProjectedCore(features_dim, int(self.core_input_projection), inner, self.core_input_activation)
-        return spec.build(features_dim, hidden_size, **kwargs)
+        return spec.build_layers(features_dim, hidden_size, self.n_lstm_layers, **kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(
             lstm_hidden_size=self.lstm_output_dim,
-            n_lstm_layers=1,
+            n_lstm_layers=self.n_lstm_layers,
+            lstm_kwargs=self.lstm_kwargs,
             shared_lstm=self.shared_lstm,
             enable_critic_lstm=self.enable_critic_lstm,
             share_features_extractor=self.share_features_extractor,
@@ -320,7 +331,7 @@ class ModularRecurrentPolicy(RecurrentActorCriticPolicy):
 
         :param features: ``(n_seq * T, F)``: sb3-contrib's padded minibatch, sequence-major
             (``T = 1`` and ``n_seq = n_envs`` during rollouts).
-        :param lstm_states: ``(h, c)`` each ``(1, n_seq, H)``: the state before each sequence.
+        :param lstm_states: ``(h, c)`` each ``(n_layers, n_seq, H)``: the state before each sequence.
         :param episode_starts: ``(n_seq * T,)`` in {0, 1}.
         :param lstm: the core.
         :return: output ``(n_seq * T, H)`` in the same order as ``features``, and the final state.
