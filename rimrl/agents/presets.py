@@ -227,12 +227,16 @@ def allowed_core_kwargs(core: str) -> list[str] | None:
     """
     factory = core_spec(core).factory
     target = factory.__init__ if inspect.isclass(factory) else factory
+    named = set(core_factory_parameters(factory))
     try:
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(target).parameters.values()):
-            return None
+            extra = getattr(factory, "torch_kwargs", None)  # LSTM/GRU: **kwargs go to torch, and are listed
+            if extra is None:
+                return None
+            named |= set(extra)
     except (TypeError, ValueError):
         return None
-    return sorted(set(core_factory_parameters(factory)) - _RESERVED_CORE_KEYS)
+    return sorted(named - _RESERVED_CORE_KEYS)
 
 
 def _check_keys(found: Mapping[str, Any], allowed: list[str], where: str) -> None:

@@ -30,6 +30,9 @@ class _FusedCore(RecurrentCore):
     """
 
     rnn: nn.LSTM | nn.GRU
+    #: The torch arguments ``**rnn_kwargs`` may carry (the rest change the layout, or do not
+    #: exist): named so that presets can reject a misspelt ``core_kwargs`` key before building.
+    torch_kwargs: tuple[str, ...] = ("bias", "dropout")
 
     def _run(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
