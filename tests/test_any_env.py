@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch as th
 import toy_plugin
 import yaml
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.env_util import make_vec_env
+from test_train_cli import expect_usage_error
 
 from rimrl.agents import AgentLoadError, load_agent, make_agent, resolve_hyperparams
 from rimrl.cli.common import run_dir_for
@@ -37,24 +37,6 @@ TINY = [
     "--hyperparams", "n_steps=16", "batch_size=32", "n_epochs=1", "policy_kwargs.lstm_hidden_size=24",
 ]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
-
-
-def expect_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 # ----------------------------------------------------------------------------------------------

@@ -40,14 +40,6 @@ WITH_TOY = [*AVAILABLE_CORES, toy_plugin.TOY_CORE]
 FAST = dict(n_steps=64, batch_size=128, n_epochs=2, learning_rate=3e-4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: faster for these tiny models on 2 cores, and bit-stable results."""
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
-
 
 def suite_env(n_envs: int = 4, seed: int = 0):
     from rimrl.envs import make_env

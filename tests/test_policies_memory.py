@@ -11,7 +11,6 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch as th
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
@@ -73,13 +72,6 @@ PPO_KWARGS = dict(n_steps=32, batch_size=128, n_epochs=4, learning_rate=3e-3, ga
 POLICY_KWARGS = {"lstm": (LSTMPolicy, dict(lstm_hidden_size=32, net_arch=[])),
                  "rim": (RIMPolicy, dict(lstm_hidden_size=48, net_arch=[]))}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
 
 
 def train_recurrent(core: str, delay: int, steps: int, seed: int = 0) -> RecurrentPPO:

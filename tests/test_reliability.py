@@ -212,6 +212,20 @@ def test_unwritable_output_folders_are_refused_up_front(
     assert_one_line_error(capsys, "cannot write --out", "not a folder")
 
 
+def test_a_full_disk_is_refused_before_the_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from rimrl.agents import storage
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: usage._replace(free=storage.MIN_FREE_BYTES - 1))
+    assert "is full" in (writable_dir_problem(tmp_path / "runs") or "")
+    expect_usage_error(["-f", str(tmp_path / "runs"), "-n", "64"], capsys, "cannot write the run directory", "is full")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_disk_full_during_training_stops_cleanly_and_keeps_the_checkpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from rimrl.cli.common import run_dir_for
-from rimrl.cli.sweep import _TEST_KILL_ENV as KILL_ENV
 from rimrl.cli.sweep import print_summary
 from rimrl.cli.train import TrialResult, build_parser, build_trials
+from rimrl.experiments.sweep import _TEST_KILL_ENV as KILL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "rimrl/Pickup-Train-v0"
@@ -29,7 +29,7 @@ CRASHY = ["-n", "192", "--n-envs", "2", "--eval-freq", "0", "--eval-episodes", "
 
 
 def train(*argv: str, timeout: float = 240, kill: str | None = None) -> subprocess.CompletedProcess:
-    """``train.py argv``; ``kill`` sets the sweep's test-only hook (see ``rimrl.cli.sweep._TEST_KILL_ENV``)."""
+    """``train.py argv``; ``kill`` sets the sweep's test-only hook (see ``rimrl.experiments.sweep._TEST_KILL_ENV``)."""
     env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
     if kill is not None:
         env[KILL_ENV] = kill
