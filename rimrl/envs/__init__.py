@@ -1,6 +1,7 @@
 """rimrl.envs: the MiniGrid distractor suites, Atari behind SB3's VecEnv, and ``make_env``.
 
-Importing this package registers the suite ids with gymnasium (``rimrl/Pickup-Train-v0``, ...).
+Importing this package registers the suite ids with gymnasium (``rimrl/Pickup-Train-v0``, ...)
+and the memory benchmarks (``CartPoleNoVel-v1``, ``PendulumNoVel-v1``, ``LunarLanderNoVel-v3``).
 See ``docs/envs.md`` for the variant table and the observation format.
 """
 
@@ -19,6 +20,7 @@ from rimrl.envs.factory import (
     make_env,
     make_minigrid_env,
 )
+from rimrl.envs.memory import MEMORY_TASKS, MaskVelocityWrapper, register_memory_tasks
 from rimrl.envs.oracle import plan_path_to_face, plan_pickup, run_oracle_episode
 from rimrl.envs.pickup import RED_BALL, ObjectDesc, PickupEnv
 from rimrl.envs.variants import (
@@ -35,15 +37,18 @@ from rimrl.envs.variants import (
 from rimrl.envs.wrappers import GridDictObsWrapper, SuccessInfoWrapper, grid_dict_space
 
 register_suites()
+register_memory_tasks()
 
 __all__ = [
     "DISTRACTOR_SUITES",
+    "MEMORY_TASKS",
     "RED_BALL",
     "SUITE_SPECS",
     "VARIANTS",
     "VARIANT_SPECS",
     "AleVecEnv",
     "GridDictObsWrapper",
+    "MaskVelocityWrapper",
     "ObjectDesc",
     "PickupEnv",
     "SuccessInfoWrapper",
@@ -61,6 +66,7 @@ __all__ = [
     "make_variant_env",
     "plan_path_to_face",
     "plan_pickup",
+    "register_memory_tasks",
     "register_suites",
     "resolve_atari_game",
     "run_oracle_episode",

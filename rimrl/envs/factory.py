@@ -46,7 +46,7 @@ def is_minigrid(env_id: str) -> bool:
     entry = (
         spec.entry_point if isinstance(spec.entry_point, str) else getattr(spec.entry_point, "__module__", "")
     )
-    return str(entry).startswith(("minigrid", "rimrl.envs"))
+    return str(entry).startswith(("minigrid", "rimrl.envs.variants", "rimrl.envs.pickup"))
 
 
 def is_atari(env_id: str) -> bool:
