@@ -1,10 +1,12 @@
 """Training throughput (env-steps/s) of rimrl's policies against sb3-contrib's RecurrentPPO LSTM.
 
 All runs share one process, one env id and the same settings: 8 envs, n_steps 128, batch 256,
-4 epochs, ``torch.set_num_threads(1)``, and the MiniGrid preset's other hyperparameters. The
+4 epochs, ``torch.set_num_threads(1)``, and the env's preset for the other hyperparameters. The
 reference is sb3-contrib's ``RecurrentPPO`` with its own LSTM policy (``MlpLstmPolicy``, or
 ``MultiInputLstmPolicy`` for dict observations); rimrl's policies use the ``policy_kwargs`` of the
-MiniGrid preset (``configs/minigrid.yml``). Ratios are measured in the same run, never against
+env's preset (``configs/minigrid.yml`` on MiniGrid, ``configs/vector.yml`` on ``CartPoleNoVel-v1``:
+episodes of up to 500 steps, where sb3-contrib's LSTM runs whole sequences through cuDNN-style
+``nn.LSTM`` calls rather than its per-step loop). Ratios are measured in the same run, never against
 stored absolute times, and the policies of one seed train interleaved, one rollout (and its
 training epochs) each in turn, so that drift in the machine's speed hits them alike. (Chunked
 ``learn`` calls restart SB3's progress counter, which only matters for decaying schedules; the
@@ -18,6 +20,7 @@ the optimiser step.
     python benchmarks/throughput.py                       # full table (16384 steps per policy)
     python benchmarks/throughput.py --quick               # 4096 steps per policy
     python benchmarks/throughput.py --json benchmarks/out/throughput.json --policies ref lstm rim
+    python benchmarks/throughput.py --env CartPoleNoVel-v1           # long episodes
 """
 
 from __future__ import annotations
@@ -44,7 +47,10 @@ SUITE_ENV = "rimrl/Pickup-Train-v0"
 FALLBACK_ENV = "MiniGrid-Fetch-8x8-N3-v0"
 SETTINGS = dict(n_steps=128, batch_size=256, n_epochs=4)
 N_ENVS = 8
-POLICY_NAMES = ("ref", "lstm", "gru", "rim", "srm")
+POLICY_NAMES = ("ref", "ref-sized", "lstm", "gru", "rim", "srm")
+#: The keys of the lstm preset's policy_kwargs that ``ref-sized`` hands to sb3-contrib's policy
+#: (its width and who owns the critic's state); the preset's encoder settings are rimrl's own.
+REF_SIZED_KEYS = ("lstm_hidden_size", "n_lstm_layers", "shared_lstm", "enable_critic_lstm")
 
 # Ablations: (label, core, policy_kwargs merged over the preset's).
 ABLATIONS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
@@ -83,13 +89,13 @@ def default_env_id() -> str:
 
 
 def make_vec_env(env_id: str, seed: int) -> VecEnv:
-    """8 envs in a DummyVecEnv. Suite ids go through ``rimrl.envs.make_env``; other MiniGrid ids
-    get ``ImgObsWrapper`` (a (7, 7, 3) 0..255 box, which SB3 treats as an image)."""
-    if env_id.startswith("rimrl/"):
-        from rimrl.envs import make_env
+    """8 envs in a DummyVecEnv. Registered MiniGrid ids outside the suite get ``ImgObsWrapper`` (a
+    (7, 7, 3) 0..255 box, which SB3 treats as an image); suite ids and any other gymnasium id
+    (``CartPoleNoVel-v1``, ...) go through ``rimrl.envs.make_env``."""
+    from rimrl.envs import is_minigrid, make_env
 
+    if env_id.startswith("rimrl/") or not is_minigrid(env_id):
         return make_env(env_id, n_envs=N_ENVS, seed=seed)
-    import minigrid  # noqa: F401  (registers MiniGrid ids)
     from minigrid.wrappers import ImgObsWrapper
     from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 
@@ -129,27 +135,32 @@ class PhaseTimer:
             th.Tensor.backward = original  # type: ignore[method-assign]
 
 
-def build_model(name: str, env: VecEnv, seed: int, extra_kwargs: dict[str, Any] | None = None) -> RecurrentPPO:
+def build_model(name: str, env: VecEnv, env_id: str, seed: int, extra_kwargs: dict[str, Any] | None = None) -> RecurrentPPO:
     """The reference (sb3-contrib's LSTM policy) or a rimrl policy.
 
-    Every run uses the MiniGrid preset's hyperparameters (``configs/minigrid.yml``: learning
-    rate, entropy, ...; they do not change the cost of a step) with the benchmark's fixed
-    ``SETTINGS``; rimrl's policies also get the preset's ``policy_kwargs`` for their core, with
-    ``extra_kwargs`` merged over them. The reference keeps sb3-contrib's own policy defaults.
+    Every run uses the preset of the env's family (``configs/minigrid.yml`` for MiniGrid,
+    ``configs/vector.yml`` with its ``envs`` section for ``CartPoleNoVel-v1``, ...: learning rate,
+    entropy, ...; they do not change the cost of a step) with the benchmark's fixed ``SETTINGS``;
+    rimrl's policies also get the preset's ``policy_kwargs`` for their core, with ``extra_kwargs``
+    merged over them. The reference (``ref``) keeps sb3-contrib's own policy defaults
+    (``lstm_hidden_size=256``, a second LSTM for the critic); ``ref-sized`` is sb3-contrib's policy
+    given the lstm preset's width and critic setting (:data:`REF_SIZED_KEYS`), the same network
+    as rimrl's ``lstm`` policy in sb3-contrib's code.
     """
     from rimrl.agents import resolve_hyperparams
 
-    core = "lstm" if name == "ref" else name
+    core = "lstm" if name.startswith("ref") else name
     overrides = {"policy_kwargs": extra_kwargs} if extra_kwargs else None
-    params = resolve_hyperparams("minigrid", core, overrides=overrides)
+    params = resolve_hyperparams(env_id, core, overrides=overrides)
     params.pop("n_envs", None)
     policy_kwargs = params.pop("policy_kwargs", {})
     params.update(SETTINGS)
-    if name == "ref":
+    if name.startswith("ref"):
         from gymnasium import spaces
 
         policy = "MultiInputLstmPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpLstmPolicy"
-        return RecurrentPPO(policy, env, seed=seed, **params)
+        sized = {k: policy_kwargs[k] for k in REF_SIZED_KEYS if k in policy_kwargs} if name == "ref-sized" else {}
+        return RecurrentPPO(policy, env, seed=seed, policy_kwargs=sized, **params)
     from rimrl.policies import POLICIES
 
     return RecurrentPPO(POLICIES[name], env, seed=seed, policy_kwargs=policy_kwargs, **params)
@@ -174,7 +185,7 @@ class TimedRun:
     ) -> None:
         self.label, self.seed, self.clock = label or name, seed, clock
         self.env = make_vec_env(env_id, seed)
-        self.model = model = build_model(name, self.env, seed, extra_kwargs)
+        self.model = model = build_model(name, self.env, env_id, seed, extra_kwargs)
         model.learn(N_ENVS * SETTINGS["n_steps"])  # warm-up: allocator, first-call overheads
         self.timer = timer = PhaseTimer(CLOCKS[clock])
         model.collect_rollouts = timer.wrap("rollout", model.collect_rollouts)  # type: ignore[method-assign]
