@@ -1,7 +1,8 @@
 """rimrl: modular recurrent cores (RIMs, S2RMs) for sb3-contrib's RecurrentPPO.
 
-Importing ``rimrl`` registers the MiniGrid distractor suite with gymnasium
-(``gymnasium.make("rimrl/Pickup-Train-v0")``).
+Importing ``rimrl`` registers the MiniGrid distractor suite and the memory benchmarks with
+gymnasium (``gymnasium.make("rimrl/Pickup-Train-v0")``, ``"CartPoleNoVel-v1"``) and rimrl's policy
+names with sb3-contrib (``RecurrentPPO("RIMPolicy", env)``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rimrl import envs as envs  # registers the suite ids
+from rimrl import policies as policies  # registers the policy names
 
 if TYPE_CHECKING:
     from sb3_contrib import RecurrentPPO
@@ -28,4 +30,4 @@ def load(path: str, env: Any = None, device: str = "auto", safe: bool | None = N
     return load_agent(path, env=env, device=device, safe=safe)
 
 
-__all__ = ["__version__", "envs", "load"]
+__all__ = ["__version__", "envs", "load", "policies"]

@@ -2,8 +2,8 @@
 per-env-id presets, and cores of one's own (``rimrl.cores.register_core``).
 
 ``tests/toy_plugin.py`` plays the user's package: it registers the core ``toy`` and the env
-``toy/CartPoleNoVel-v0``. Every core trains a few steps from the CLI on Pendulum-v1 (Box actions)
-and on that vector env; the models are then loaded in a fresh process (pickled zip and
+``toy/CartPoleNoVel-v0``. Every core trains a few steps from the CLI on Pendulum-v1 (Box actions),
+on rimrl's registered CartPoleNoVel-v1 (with its per-env preset) and on that vector env; the models are then loaded in a fresh process (pickled zip and
 weights-only copy) and must predict exactly what the trained ones do.
 """
 
@@ -30,7 +30,7 @@ from rimrl.policies import ModularRecurrentPolicy, policy_for_core
 
 TESTS = Path(__file__).resolve().parent
 CORES = ["lstm", "gru", "rim", "srm", toy_plugin.TOY_CORE]
-PENDULUM, NOVEL = "Pendulum-v1", toy_plugin.TOY_ENV
+PENDULUM, NOVEL, MEMORY = "Pendulum-v1", toy_plugin.TOY_ENV, "CartPoleNoVel-v1"
 #: 64 steps = 2 rollouts of 2 envs x 16 steps, one epoch, a 24-wide core; one evaluation episode.
 TINY = [
     "-n", "64", "--n-envs", "2", "--eval-freq", "0", "--eval-episodes", "1", "--save-freq", "0", "-q",
@@ -100,7 +100,8 @@ def test_cli_trains_every_core_on_vector_envs_and_a_fresh_process_predicts_the_s
 ) -> None:
     monkeypatch.syspath_prepend(str(TESTS))
     runs: list[Path] = []
-    for env_id in (PENDULUM, NOVEL):
+    envs = (PENDULUM, NOVEL, MEMORY)
+    for env_id in envs:
         argv = ["--env", env_id, "-f", str(tmp_path), "--gym-packages", "toy_plugin", *TINY]
         for core in CORES:
             assert main([*argv, "--core", core]) == 0, (env_id, core)
@@ -136,7 +137,7 @@ def test_cli_trains_every_core_on_vector_envs_and_a_fresh_process_predicts_the_s
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     refused = json.loads(out.read_text())["unregistered"]
-    assert len(refused) == 4  # two toy runs x (zip, weights-only)
+    assert len(refused) == 2 * len(envs)  # the toy runs x (zip, weights-only)
     for message in refused:
         assert "core 'toy'" in message and "register_core('toy'" in message and len(message.splitlines()) == 1
     for run, actions in predictions.items():

@@ -275,3 +275,22 @@ def test_atari_encoder_features_dim_is_one_vector():
     assert AtariTokenEncoder(space).features_dim == 49 * 64  # default: one token per cell, as before
     with pytest.raises(ValueError, match="features_dim"):
         AtariTokenEncoder(space, features_dim=0)
+
+
+def test_policy_names_work_as_strings_after_import_rimrl(tmp_path: Path) -> None:
+    """``RecurrentPPO("RIMPolicy", env)`` through SB3's ``policy_aliases``; sb3-contrib's names unchanged."""
+    import sb3_contrib.ppo_recurrent.policies as contrib_policies
+
+    import rimrl  # noqa: F401  (registers the names)
+    from rimrl.policies import POLICY_ALIASES
+
+    assert RecurrentPPO.policy_aliases["MlpLstmPolicy"] is contrib_policies.MlpLstmPolicy
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    for name, policy_class in POLICY_ALIASES.items():
+        kwargs = {"core": "gru"} if name == "ModularRecurrentPolicy" else {}
+        model = RecurrentPPO(name, env, seed=0, policy_kwargs=dict(lstm_hidden_size=24, **kwargs), **TINY)
+        assert type(model.policy) is policy_class
+    model.learn(32)
+    model.save(tmp_path / "named")
+    assert type(RecurrentPPO.load(tmp_path / "named.zip").policy) is policy_class
+    env.close()
