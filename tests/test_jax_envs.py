@@ -94,9 +94,10 @@ def test_autoreset_starts_a_new_episode_where_one_ended() -> None:
     key = jax.random.PRNGKey(2)
     for t in range(200):
         key, sub = jax.random.split(key)
-        new_state, obs, reward, done, truncated, success = step(sub, state, jnp.asarray(t % 4))
+        new_state, obs, reward, done, truncated, success, terminal_obs = step(sub, state, jnp.asarray(t % 4))
         if bool(done):
             assert int(new_state.step_count) == 0 and int(new_state.carrying[0]) == 1
+            assert not np.array_equal(np.asarray(terminal_obs["grid"]), np.asarray(obs["grid"]))
             return
         assert int(new_state.step_count) == int(state.step_count) + 1
         state = new_state

@@ -174,16 +174,17 @@ class PickupJax:
         return {"grid": image, "direction": d.astype(jnp.uint8)[None], "target": state.target}
 
     def step_autoreset(self, key: jax.Array, state: PickupState, action: jax.Array) -> tuple[
-            PickupState, dict[str, jax.Array], jax.Array, jax.Array, jax.Array, jax.Array]:
+            PickupState, dict[str, jax.Array], jax.Array, jax.Array, jax.Array, jax.Array, dict[str, jax.Array]]:
         """:meth:`step`, then a new episode where it ended (SB3's convention: the returned state and
-        observation are the next episode's first). Returns ``(state, obs, reward, done, truncated,
-        success)``."""
+        observation are the next episode's first). Returns ``(state, obs, reward, done,
+        truncated, success, terminal_obs)``: ``truncated`` only for a time limit that cut an
+        episode (not one that ended it with a pick-up), ``terminal_obs`` the step's own observation."""
         state, obs, reward, terminated, truncated, success = self.step(state, action)
         done = terminated | truncated
         fresh, fresh_obs = self.reset(key)
         state = jax.tree_util.tree_map(lambda new, old: jnp.where(done, new, old), fresh, state)
-        obs = jax.tree_util.tree_map(lambda new, old: jnp.where(done, new, old), fresh_obs, obs)
-        return state, obs, reward, done, truncated & ~terminated, success
+        next_obs = jax.tree_util.tree_map(lambda new, old: jnp.where(done, new, old), fresh_obs, obs)
+        return state, next_obs, reward, done, truncated & ~terminated, success, obs
 
 
 def make_pickup(env_id: str) -> PickupJax:
