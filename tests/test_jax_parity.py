@@ -33,6 +33,7 @@ CASES = {
     "rim-learned-init": lambda: RIM(D, 24, num_units=4, k=2, num_tokens=3, learn_initial_state=True),
     "rim-comm-out": lambda: RIM(D, 24, num_units=4, k=2, num_tokens=3, comm_value_size=5, num_comm_heads=2),
     "rim-one-token": lambda: RIM(D, 30, num_units=6, k=4),
+    "rim-index-ties": lambda: RIM(D, 30, num_units=6, k=4, tie_break="index"),  # zero-state ties, by index
     "srm-lstm": lambda: SRM(D, 24, num_modules=4, num_tokens=4, tau=0.3),
     "srm-gru": lambda: SRM(D, 24, num_modules=4, num_tokens=4, tau=0.3, cell="gru"),
     "srm-absent-k": lambda: SRM(D, 24, num_modules=4, num_tokens=4, tau=0.5, k=2, zero_tokens_absent=True,
@@ -134,20 +135,27 @@ def test_params_round_trip_into_a_fresh_torch_core() -> None:
         load_into_torch(jax_core, params, SRM(D, 24, num_modules=4, num_tokens=4, tau=0.4))
 
 
-def test_index_tie_break_is_pure_jax_and_differs_only_on_ties() -> None:
-    """``tie_break="index"``: the lower index among equal null attentions, no host callback."""
+def test_index_tie_break_is_pure_jax_and_agrees_with_torch_index_cores() -> None:
+    """``tie_break="index"``: the lower index among equal null attentions, in torch and in JAX (no
+    host callback); the torch default's order differs on ties and is reproduced by a callback."""
     torch.manual_seed(0)
-    core = RIM(D, 24, num_units=4, k=2, num_tokens=3, learn_initial_state=True).double().eval()
-    x, starts, state = _inputs(core, seed=4)
-    out, _ = core(x, state, starts)  # a learned initial state: no exact ties
-    jax_core, params = from_torch(core, tie_break="index")
+    core = RIM(D, 24, num_units=4, k=2, num_tokens=3, tie_break="index").double().eval()
+    x, starts, _ = _inputs(core, seed=4)
+    out, _ = core(x, None, starts)  # zero state: every reset step is a tie
+    jax_core, params = from_torch(core)
+    assert jax_core.settings.tie_break == "index"
     assert "callback" not in str(jax.make_jaxpr(jax_core)(params, _jax(x), None, _jax(starts)))
-    j_out = jax_core(params, _jax(x), (_jax(state[0][0]), _jax(state[1][0])), _jax(starts))[0]
+    j_out, _, mask = jax_core(params, _jax(x), None, _jax(starts))
     np.testing.assert_allclose(np.asarray(j_out), out.detach().numpy(), rtol=0, atol=TOL)
-    zero_state = RIM(D, 24, num_units=4, k=2, num_tokens=3).double().eval()
-    jax_core, params = from_torch(zero_state, tie_break="index")
-    mask = jax_core(params, _jax(x), None, _jax(starts))[2]
     np.testing.assert_array_equal(np.asarray(mask[0]), [[True, True, False, False]] * B)  # all tie at t = 0
+    np.testing.assert_array_equal(np.asarray(mask), core.last_active_mask.numpy())
+    torch_order = RIM(D, 24, num_units=4, k=2, num_tokens=3).double().eval()
+    torch_order.load_state_dict(core.state_dict())
+    torch_order(x, None, starts)
+    assert not np.array_equal(torch_order.last_active_mask.numpy(), core.last_active_mask.numpy())
+    assert "callback" in str(jax.make_jaxpr(from_torch(torch_order)[0])(params, _jax(x), None, _jax(starts)))
+    with pytest.raises(ValueError, match="tie_break must be one of"):
+        RIM(D, 24, num_units=4, k=2, tie_break="random")
 
 
 def test_conversion_refuses_what_it_cannot_express() -> None:

@@ -66,6 +66,8 @@ class LoopSettings:
     # Per-position competition: each real token is read only by the `position_k` units that score
     # it highest (None: every unit may read every token).
     position_k: int | None = None
+    # Exact ties in the selection: "torch" (torch.topk's order) or "index" (lower index first).
+    tie_break: str = "torch"
     # Filled by the forward pass (detached side outputs).
     masks: list[torch.Tensor] = field(default_factory=list)
     attentions: list[torch.Tensor] = field(default_factory=list)
@@ -189,7 +191,10 @@ class _ModularLoop(torch.autograd.Function):
                 null_attention = attention[:, :, 0]  # (B * heads, U)
                 if heads > 1:
                     null_attention = null_attention.view(batch_size, heads, units).mean(1)
-                chosen = null_attention.topk(k, dim=1, largest=False).indices
+                if s.tie_break == "index":
+                    chosen = torch.sort(null_attention, dim=1, stable=True).indices[:, :k]
+                else:
+                    chosen = null_attention.topk(k, dim=1, largest=False).indices
                 unit_mask = no_unit.scatter(1, chosen, True).t().unsqueeze(-1)  # (U, B, 1)
                 if eligible is not None:
                     unit_mask = unit_mask & (step_eligible[t] if per_step_eligible else eligible)

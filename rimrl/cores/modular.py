@@ -28,6 +28,13 @@ from rimrl.cores.loop import LoopSettings, run_modular_loop
 #: Standard deviation of the learned initial ``h`` at construction (``c`` starts at zero).
 INITIAL_STATE_STD = 0.1
 
+#: How the top-k unit choice breaks exact ties in the null attention (units whose state is still
+#: exactly zero after an episode start tie with each other): ``"torch"``, the order of
+#: ``torch.topk`` (left to its implementation: the default, which every model trained before the
+#: option existed used), or ``"index"``, the lower unit index first (a stable sort: the same on any
+#: device and in rimrl.jax without calling back into torch).
+TIE_BREAKS = ("torch", "index")
+
 
 class ModularCore(RecurrentCore):
     """Units (modules) of ``unit_size`` with grouped cells, input attention and communication.
@@ -60,6 +67,7 @@ class ModularCore(RecurrentCore):
         learn_initial_state: bool = False,
         position_k: int | None = None,
         unit_name: str = "num_units",
+        tie_break: str = "torch",
     ) -> None:
         super().__init__(input_size, hidden_size)
         check_positive(unit_name, num_units)
@@ -124,6 +132,9 @@ class ModularCore(RecurrentCore):
         ):
             raise ValueError(f"position_k must be None or an integer in [1, {unit_name}={num_units}], got {position_k!r}")
         self.position_k = position_k
+        if tie_break not in TIE_BREAKS:
+            raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
+        self.tie_break = tie_break
         if learn_initial_state:
             self.h_init = nn.Parameter(INITIAL_STATE_STD * torch.randn(num_units, 1, unit_size))
             self.c_init = nn.Parameter(torch.zeros(num_units, 1, unit_size)) if cell == "lstm" else None
@@ -312,6 +323,7 @@ class ModularCore(RecurrentCore):
             comm_split=comm_split,
             k=self.k,
             position_k=self.position_k,
+            tie_break=self.tie_break,
             eligible=eligible,
             token_bias=token_bias,
             active_mask=active_mask,

@@ -56,6 +56,9 @@ class RIM(ModularCore):
             scores for it are highest (all units tied with the ``position_k``-th read it too);
             ``None`` lets every unit read every token. Selection of the ``k`` active units is
             unchanged (least null attention, after this masking).
+        tie_break: how exact ties among the least-null units are broken: ``"torch"`` (default,
+            ``torch.topk``'s order) or ``"index"`` (lower index first); see
+            :data:`rimrl.cores.modular.TIE_BREAKS`.
 
     After each call, ``last_active_mask`` holds the ``(T, B, num_units)`` bool mask of active
     units (detached), for analysis and plots. ``forward(..., active_mask=...)`` replaces the
@@ -80,6 +83,7 @@ class RIM(ModularCore):
         comm_dropout: float = 0.1,
         learn_initial_state: bool = False,
         position_k: int | None = None,
+        tie_break: str = "torch",
     ) -> None:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_units:
             raise ValueError(f"k must be an integer in [1, num_units={num_units}], got {k!r}")
@@ -100,6 +104,7 @@ class RIM(ModularCore):
             comm_dropout=comm_dropout,
             learn_initial_state=learn_initial_state,
             position_k=position_k,
+            tie_break=tie_break,
         )
 
     def extra_repr(self) -> str:

@@ -141,6 +141,8 @@ class SRM(ModularCore):
             empty position so). Absent tokens get no attention, and a module with no present
             token in its support is inactive there and keeps its state exactly. Off: every token
             is present, so every module with a non-empty support is active at every step.
+        tie_break: with ``k``, how exact ties are broken: ``"torch"`` (default) or ``"index"``
+            (see :class:`rimrl.cores.RIM`).
 
     After each call, ``last_active_mask`` holds the ``(T, B, M)`` bool mask of active modules
     (detached). With ``record_attention = True`` the call also stores ``last_input_attention``
@@ -187,6 +189,7 @@ class SRM(ModularCore):
         position_lr_scale: float = 0.05,
         learn_initial_state: bool = False,
         zero_tokens_absent: bool = False,
+        tie_break: str = "torch",
     ) -> None:
         if not isinstance(embedding_dim, int) or isinstance(embedding_dim, bool) or embedding_dim < 2:
             raise ValueError(f"embedding_dim must be an integer >= 2, got {embedding_dim!r}")
@@ -219,6 +222,7 @@ class SRM(ModularCore):
             comm_dropout=comm_dropout,
             learn_initial_state=learn_initial_state,
             unit_name="num_modules",
+            tie_break=tie_break,
         )
         self.embedding_dim, self.tau = embedding_dim, float(tau)
         if not isinstance(zero_tokens_absent, bool):

@@ -53,12 +53,13 @@ _RNN_NAMES = {
 }
 
 
-def jax_core_for(core: torch.nn.Module, tie_break: str = "torch") -> JaxCore:
+def jax_core_for(core: torch.nn.Module, tie_break: str | None = None) -> JaxCore:
     """The JAX core with ``core``'s settings (a rimrl LSTM, GRU, RIM or SRM core, one layer).
 
-    ``tie_break`` (modular cores): ``"torch"`` (default) breaks exact ties in the unit selection as
-    the torch core does, by calling torch's top-k on the host, so the converted model makes the
-    same choices; ``"index"`` (lower index first) stays in JAX and jits on any device.
+    ``tie_break`` (modular cores; ``None``: the torch core's own ``tie_break``): ``"torch"`` breaks
+    exact ties in the unit selection as ``torch.topk`` does, by calling it on the host, so a model
+    trained with the torch default makes the same choices; ``"index"`` (lower index first) stays in
+    JAX, jits on any device and is what a torch core built with ``tie_break="index"`` does.
 
     :raises ValueError: another module, a stack (``num_layers > 1``), or an LSTM/GRU without biases.
     """
@@ -84,7 +85,7 @@ def jax_core_for(core: torch.nn.Module, tie_break: str = "torch") -> JaxCore:
         learn_initial_state=core.learn_initial_state, position_k=core.position_k,
         tau=core.tau if srm else None, zero_tokens_absent=core.zero_tokens_absent if srm else False,
         position_lr_scale=core.position_encoder.lr_scale if srm else 1.0,
-        tie_break=tie_break,
+        tie_break=tie_break or core.tie_break,
     )
     return (SRM if srm else RIM)(settings=settings)
 
@@ -94,7 +95,7 @@ def torch_names(core: JaxCore) -> dict[str, str]:
     return {"lstm": _RNN_NAMES, "gru": _RNN_NAMES, "rim": _MODULAR_NAMES, "srm": _SRM_NAMES}[core.kind]
 
 
-def from_torch(core: torch.nn.Module, dtype: Any = None, tie_break: str = "torch") -> tuple[JaxCore, Params]:
+def from_torch(core: torch.nn.Module, dtype: Any = None, tie_break: str | None = None) -> tuple[JaxCore, Params]:
     """``(jax_core, params)`` with ``core``'s settings and parameter values (``dtype``: cast to it;
     ``tie_break``: see :func:`jax_core_for`)."""
     jax_core = jax_core_for(core, tie_break)
@@ -112,7 +113,7 @@ def load_into_torch(core: JaxCore, params: Params, torch_core: torch.nn.Module) 
 
     :raises ValueError: ``torch_core``'s settings differ from ``core``'s, or a parameter is missing.
     """
-    if jax_core_for(torch_core, getattr(getattr(core, "settings", None), "tie_break", "torch")) != core:
+    if jax_core_for(torch_core, getattr(getattr(core, "settings", None), "tie_break", None)) != core:
         raise ValueError("the torch core's settings differ from the JAX core's")
     state = torch_core.state_dict()
     names = torch_names(core)

@@ -127,9 +127,10 @@ def _core_module(policy: Any) -> torch.nn.Module:
     return policy.lstm_actor.core if hasattr(policy.lstm_actor, "proj") else policy.lstm_actor
 
 
-def policy_from_torch(policy: Any, tie_break: str = "torch") -> tuple[JaxPolicy, Params]:
+def policy_from_torch(policy: Any, tie_break: str | None = None) -> tuple[JaxPolicy, Params]:
     """``(jax_policy, params)`` from a torch :class:`~rimrl.policies.ModularRecurrentPolicy` on the
-    suite's observations (a shared core, ``MiniGridTokenEncoder``, discrete actions).
+    suite's observations (a shared core, ``MiniGridTokenEncoder``, discrete actions). ``tie_break``:
+    see :func:`rimrl.jax.convert.jax_core_for` (``None``: the torch core's).
 
     :raises ValueError: another encoder, a separate critic core, a stacked core, or continuous actions.
     """

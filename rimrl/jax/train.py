@@ -50,6 +50,15 @@ def ppo_settings(env_id: str, core: str, n_envs: int | None = None) -> Any:
     return PPOSettings(n_envs=n_envs or int(params.get("n_envs", 8)), **values)
 
 
+def make_jax_ready_agent(env: Any, core: str, seed: int, tie_break: str = "index") -> Any:
+    """The torch agent train.py builds (``make_agent`` with the preset), its RIM/SRM core set to
+    ``tie_break`` (saved with the model, so torch then breaks ties as the JAX training did)."""
+    from rimrl.agents import make_agent
+
+    overrides = {"policy_kwargs.core_kwargs.tie_break": tie_break} if core in ("rim", "srm") else {}
+    return make_agent(env, core=core, seed=seed, **overrides)
+
+
 def run_dir_for(log_folder: str | Path, env_id: str, core: str, seed: int) -> Path:
     from rimrl.experiments.io import run_dir_for as torch_layout
 
@@ -57,12 +66,12 @@ def run_dir_for(log_folder: str | Path, env_id: str, core: str, seed: int) -> Pa
 
 
 def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str | Path, overwrite: bool = False,
-          tie_break: str = "torch", n_envs: int | None = None, progress: bool = True) -> dict[str, Any]:
+          tie_break: str = "index", n_envs: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Train and save one agent; returns the final metrics. See the module docstring."""
     import jax
     import torch
 
-    from rimrl.agents import make_agent, save_weights
+    from rimrl.agents import save_weights
     from rimrl.envs import make_env
     from rimrl.experiments.io import write_json, write_yaml
     from rimrl.jax.envs import make_pickup
@@ -84,8 +93,8 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     vec_env = make_env(env_id, n_envs=settings.n_envs, seed=seed)
-    model = make_agent(vec_env, core=core, seed=seed)
-    policy, params = policy_from_torch(model.policy, tie_break=tie_break)
+    model = make_jax_ready_agent(vec_env, core, seed, tie_break)
+    policy, params = policy_from_torch(model.policy)
     runner = init_runner(policy, params, jax_env, settings, jax.random.PRNGKey(seed))
     update = make_update(policy, jax_env, settings)
 
@@ -157,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--n-timesteps", type=int, default=300_000)
     parser.add_argument("-f", "--log-folder", default="runs/jax")
     parser.add_argument("--n-envs", type=int, default=None, help="default: the preset's")
-    parser.add_argument("--tie-break", choices=("torch", "index"), default="torch",
-                        help="exact ties in RIM's unit choice: as the torch core breaks them (default; the saved "
-                             "model then behaves the same in torch) or by lower index (pure JAX)")
+    parser.add_argument("--tie-break", choices=("index", "torch"), default="index",
+                        help="exact ties in RIM's unit choice (units whose state is still zero): lower index first "
+                             "(default; pure JAX) or torch.topk's order (a host callback per step, several times "
+                             "slower). The saved model's core records it, so torch makes the same choices")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser

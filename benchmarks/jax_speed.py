@@ -1,0 +1,112 @@
+"""Training speed of the jitted JAX agent against the torch agent (sb3-contrib's RecurrentPPO).
+
+For each core, in one command on one machine, one configuration at a time (each in its own
+process, so they never share the CPU): the torch agent exactly as train.py builds it
+(``rimrl.agents.make_agent``, the MiniGrid preset, one torch thread, ``DummyVecEnv`` of the
+gymnasium suite) and the JAX agent of ``python -m rimrl.jax.train`` (same preset, same network),
+both on ``rimrl/Pickup-Train-v0`` from scratch for ``--steps`` env steps. Reported: env steps per
+second of wall time, for torch after one warm-up rollout and for JAX after the first update (which
+compiles; the compile time is listed), and the ratio JAX / torch. JAX runs twice: with XLA's
+default CPU threads (all cores) and with one thread, the torch agent's budget.
+
+    .venv/bin/python -m benchmarks.jax_speed --cores lstm rim --steps 16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ENV = "rimrl/Pickup-Train-v0"
+ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+_TORCH = """
+import json, sys, time, torch
+from rimrl.agents import make_agent, preset_n_envs
+from rimrl.envs import make_env
+torch.set_num_threads(1)
+core, steps = sys.argv[1], int(sys.argv[2])
+env = make_env("{env}", n_envs=preset_n_envs("{env}", core), seed=0)
+model = make_agent(env, core=core, seed=0)
+rollout = model.n_envs * model.n_steps
+model.learn(rollout)  # warm-up
+start = time.perf_counter()
+model.learn(steps, reset_num_timesteps=False)
+seconds = time.perf_counter() - start
+print(json.dumps({{"steps": steps, "seconds": seconds}}))
+"""
+
+_JAX = """
+import json, sys, time, jax, torch
+from rimrl.envs import make_env
+from rimrl.jax.envs import make_pickup
+from rimrl.jax.policy import policy_from_torch
+from rimrl.jax.ppo import init_runner, make_update
+from rimrl.jax.train import make_jax_ready_agent, ppo_settings
+torch.set_num_threads(1)
+core, steps, tie = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+settings = ppo_settings("{env}", core)
+policy, params = policy_from_torch(make_jax_ready_agent(make_env("{env}", n_envs=1), core, 0, tie).policy)
+jenv = make_pickup("{env}")
+runner = init_runner(policy, params, jenv, settings, jax.random.PRNGKey(0))
+update = make_update(policy, jenv, settings)
+start = time.perf_counter()
+runner, metrics = update(runner)
+jax.block_until_ready(metrics)
+compile_s = time.perf_counter() - start
+per_update = settings.n_envs * settings.n_steps
+updates = max(1, steps // per_update)
+start = time.perf_counter()
+for _ in range(updates):
+    runner, metrics = update(runner)
+jax.block_until_ready(metrics)
+print(json.dumps({{"steps": updates * per_update, "seconds": time.perf_counter() - start, "compile_s": compile_s}}))
+"""
+
+
+def _run(code: str, args: list[str], env: dict[str, str] | None = None) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cores", nargs="+", default=["lstm", "rim"], choices=["lstm", "gru", "rim", "srm"])
+    parser.add_argument("--steps", type=int, default=16384, help="timed env steps per configuration")
+    parser.add_argument("--tie-break", choices=("index", "torch"), default="index",
+                        help="the JAX agent's RIM tie-break (python -m rimrl.jax.train --tie-break)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    rows = []
+    for core in args.cores:
+        torch_result = _run(_TORCH.format(env=ENV), [core, str(args.steps)])
+        torch_rate = torch_result["steps"] / torch_result["seconds"]
+        rows.append({"core": core, "agent": "torch (sb3-contrib RecurrentPPO, 1 thread)", "steps_per_s": torch_rate,
+                     "ratio": 1.0, "compile_s": None})
+        for label, env in (("jax (XLA default threads)", None), ("jax (1 XLA thread)", {"XLA_FLAGS": ONE_THREAD_XLA})):
+            result = _run(_JAX.format(env=ENV), [core, str(args.steps), args.tie_break], env)
+            rate = result["steps"] / result["seconds"]
+            rows.append({"core": core, "agent": label, "steps_per_s": rate, "ratio": rate / torch_rate,
+                         "compile_s": result["compile_s"]})
+        for row in rows[-3:]:
+            print(f"{row['core']:5s} {row['agent']:45s} {row['steps_per_s']:8.0f} steps/s  x{row['ratio']:.2f}"
+                  + (f"  (compile {row['compile_s']:.1f} s)" if row["compile_s"] else ""), flush=True)
+    print("\n| core | agent | env steps/s | x torch | compile s |\n| --- | --- | ---: | ---: | ---: |")
+    for row in rows:
+        compile_s = "-" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
+        print(f"| {row['core']} | {row['agent']} | {row['steps_per_s']:.0f} | {row['ratio']:.2f} | {compile_s} |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"env": ENV, "steps": args.steps, "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
