@@ -273,6 +273,26 @@ def test_selection_uses_least_null_attention() -> None:
         assert active_null.max() <= inactive_null.min()
 
 
+@pytest.mark.parametrize("k", [2, 4])
+def test_index_tie_break_picks_the_lowest_tied_units(k: int) -> None:
+    """``tie_break="index"``: from a zero state every unit ties, and the lowest k indices are active;
+    units that stay at zero keep tying among themselves, and the lower index goes first again."""
+    core = rim(k=k, tie_break="index").eval()
+    x = torch.randn(T, B, INPUT)
+    core(x)
+    mask = core.last_active_mask
+    assert torch.all(mask.sum(-1) == k)
+    assert torch.equal(mask[0], torch.arange(6).lt(k).expand(B, 6))
+    by_topk = rim(k=k).eval()
+    by_topk.load_state_dict(core.state_dict())
+    by_topk(x)
+    assert torch.all(by_topk.last_active_mask.sum(-1) == k)  # the same rule, another order among equals
+    # From a random state no two units tie: both orders choose the same units, bit for bit.
+    out_index, _ = core(x, random_state())
+    out_topk, _ = by_topk(x, random_state())
+    assert torch.equal(core.last_active_mask, by_topk.last_active_mask) and torch.equal(out_index, out_topk)
+
+
 def test_null_key_and_value_are_zero() -> None:
     core = rim()
     assert core.input_key.bias is None and core.input_value.bias is None
