@@ -36,7 +36,7 @@ import shlex
 import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_int, default=2, metavar="N",
                      help="trainings (and evaluations) run at once [default: 2]")
     run.add_argument("--threads", type=_int, default=1, metavar="N", help="torch threads per training [default: 1]")
+    run.add_argument("--backend", choices=("torch", "jax"), default="torch",
+                     help="train with train.py (torch) or python -m rimrl.jax.train (the same agents trained end to "
+                     "end in JAX; no periodic evaluation, no resuming of a partial run) [default: torch]")
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit without training anything")
     run.add_argument("-q", "--quiet", action="store_true", help="only the final tables (and errors)")
     return parser
@@ -182,6 +185,7 @@ class StudySettings:
     bin_steps: int = 10_000
     workers: int = 2
     threads: int = 1
+    backend: str = "torch"
     dry_run: bool = False
     quiet: bool = False
     command: str = ""
@@ -214,6 +218,7 @@ class StudySettings:
             "eval_freq": self.eval_freq, "save_freq": self.save_freq, "episodes": self.episodes, "deterministic": False,
             "eval_seed": self.eval_seed, "eval_n_envs": self.eval_n_envs, "reps": self.reps,
             "bin_steps": self.bin_steps, "workers": self.workers, "threads": self.threads, "out": str(self.out),
+            "backend": self.backend,
         }
 
 
@@ -244,7 +249,13 @@ def settings_from(args: argparse.Namespace, command: str) -> StudySettings:
             raise CLIError(f"{flag} must be >= {minimum}, got {value}")
     hyperparams = list(args.hyperparams or [])
     parse_key_values(hyperparams)  # a malformed item fails here; keys and types are checked by train.py
-    out = Path(args.out) if args.out else Path("runs") / "study" / args.suite
+    if args.backend == "jax":
+        for flag, value in (("--hyperparams", args.hyperparams), ("--train-eval-episodes", args.train_eval_episodes),
+                            ("--eval-freq", args.eval_freq), ("--save-freq", args.save_freq)):
+            if value is not None:
+                raise CLIError(f"{flag} is a train.py option; --backend jax trains with the presets and no periodic "
+                               "evaluation or checkpoints")
+    out = Path(args.out) if args.out else Path("runs") / ("study-jax" if args.backend == "jax" else "study") / args.suite
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {str(out)!r} exists and is not a directory")
     return StudySettings(
@@ -252,7 +263,7 @@ def settings_from(args: argparse.Namespace, command: str) -> StudySettings:
         n_envs=args.n_envs, hyperparams=hyperparams, train_eval_episodes=args.train_eval_episodes,
         eval_freq=args.eval_freq, save_freq=args.save_freq, episodes=args.episodes, eval_seed=args.eval_seed, eval_n_envs=args.eval_n_envs,
         reps=args.reps, bin_steps=args.bin_steps, workers=args.workers, threads=args.threads,
-        dry_run=args.dry_run, quiet=args.quiet, command=command,
+        backend=args.backend, dry_run=args.dry_run, quiet=args.quiet, command=command,
     )
 
 
@@ -349,6 +360,13 @@ def check_trainings(settings: StudySettings, pending: Sequence[RunState]) -> Non
     state), without building agents or touching the disk."""
     from rimrl.experiments.validation import resolve_trial
 
+    if settings.backend == "jax":
+        try:
+            from rimrl.jax.envs import make_pickup
+        except ImportError as error:
+            raise CLIError(f"--backend jax needs rimrl's jax extra: pip install 'rimrl[jax]' ({error})") from None
+        make_pickup(settings.env_id)
+        return
     for state in pending:
         try:
             resolve_trial(train_options(settings, state))
@@ -356,9 +374,31 @@ def check_trainings(settings: StudySettings, pending: Sequence[RunState]) -> Non
             raise CLIError(f"{state.core}/seed{state.seed}: {error}", error.exit_code) from None
 
 
+def train_jax(env_id: str, core: str, seed: int, n_timesteps: int, out: str, n_envs: int | None) -> None:
+    """One ``python -m rimrl.jax.train`` run (from scratch: a partial run is overwritten)."""
+    from rimrl.jax.train import train
+
+    train(env_id, core, seed, n_timesteps, out, overwrite=True, n_envs=n_envs, progress=False)
+
+
 def train_runs(settings: StudySettings, pending: Sequence[RunState]) -> int:
-    """Run the pending trainings as one train.py sweep (local pool); its exit status."""
+    """Run the pending trainings as one train.py sweep (local pool), or the JAX trainer in a process
+    pool (``--backend jax``); the exit status."""
     from rimrl.experiments.sweep import run_sweep
+
+    if settings.backend == "jax":
+        failed = 0
+        with ProcessPoolExecutor(min(settings.workers, len(pending)), mp_context=_pool_context()) as pool:
+            jobs = {pool.submit(train_jax, settings.env_id, s.core, s.seed, settings.n_timesteps, str(settings.out),
+                                settings.n_envs): s for s in pending}
+            for job in as_completed(jobs):
+                state = jobs[job]
+                try:
+                    job.result()
+                except Exception as error:  # reported, the other runs go on (exit status 1)
+                    print(f"study: {state.core}/seed{state.seed} failed: {type(error).__name__}: {error}", flush=True)
+                    failed += 1
+        return 1 if failed else 0
 
     trials = [train_options(settings, state) for state in pending]
     for options in trials:
@@ -569,7 +609,8 @@ def describe(settings: StudySettings, runs: Sequence[RunState]) -> str:
     """One sentence with the seeds, steps and episodes (headers and figure titles)."""
     steps = sorted({state.num_timesteps for state in runs})
     trained = f"{steps[0]:,}" if len(steps) == 1 else f"{steps[0]:,}-{steps[-1]:,}"
-    return (f"{settings.suite}: cores {', '.join(settings.cores)}; seeds {', '.join(map(str, settings.seeds))}; "
+    backend = " (trained in JAX)" if settings.backend == "jax" else ""
+    return (f"{settings.suite}{backend}: cores {', '.join(settings.cores)}; seeds {', '.join(map(str, settings.seeds))}; "
             f"-n {settings.n_timesteps:,} env steps per run ({trained} trained); {settings.episodes} sampled-action "
             f"episodes per variant and run")
 

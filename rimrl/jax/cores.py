@@ -192,19 +192,34 @@ def _torch_least_k(values: np.ndarray, k: int) -> np.ndarray:
     return torch.from_numpy(np.array(values)).topk(k, dim=1, largest=False).indices.numpy().astype(np.int32)
 
 
-def _least_k(values: jax.Array, k: int, tie_break: str) -> jax.Array:
-    """Indices ``(B, k)`` of the ``k`` smallest entries of each row of ``values`` ``(B, U)``."""
+def _least_k_mask(values: jax.Array, k: int, tie_break: str) -> jax.Array:
+    """``(B, U)`` bool: the ``k`` smallest entries of each row of ``values`` ``(B, U)``."""
+    batch_size, units = values.shape
     if tie_break == "torch":
-        shape = jax.ShapeDtypeStruct((values.shape[0], k), jnp.int32)
-        return jax.pure_callback(functools.partial(_torch_least_k, k=k), shape, values, vmap_method="sequential")
+        shape = jax.ShapeDtypeStruct((batch_size, k), jnp.int32)
+        chosen = jax.pure_callback(functools.partial(_torch_least_k, k=k), shape, values, vmap_method="sequential")
+        return jnp.zeros((batch_size, units), bool).at[jnp.arange(batch_size)[:, None], chosen].set(True)
     if tie_break != "index":
         raise ValueError(f"tie_break must be 'index' or 'torch', got {tie_break!r}")
-    return jax.lax.top_k(-values, k)[1]  # top_k keeps the lower index first among equal values
+    # Rank of each unit: how many come before it (smaller, or equal with a lower index); the k
+    # first are chosen. U x U comparisons, no sort: the units are few.
+    index = jnp.arange(units)
+    smaller = values[:, None, :] < values[:, :, None]
+    tied_before = (values[:, None, :] == values[:, :, None]) & (index[None, None, :] < index[None, :, None])
+    return (smaller | tied_before).sum(axis=-1) < k
 
 
-def _split_heads(z: jax.Array, heads: int) -> jax.Array:
-    """``(..., heads * d)`` -> ``(..., heads, d)`` (head-major features, as the torch cores split them)."""
-    return z.reshape(*z.shape[:-1], heads, z.shape[-1] // heads)
+def _heads_first(z: jax.Array, heads: int) -> jax.Array:
+    """``(..., B, N, heads * d)`` -> ``(..., B, heads, N, d)`` (features split head-major, as the torch
+    cores split them)."""
+    z = z.reshape(*z.shape[:-1], heads, z.shape[-1] // heads)
+    return jnp.swapaxes(z, -3, -2)
+
+
+def _heads_last(z: jax.Array) -> jax.Array:
+    """``(B, heads, U, d)`` -> ``(U, B, heads * d)``."""
+    batch_size, heads, units, size = z.shape
+    return z.transpose(2, 0, 1, 3).reshape(units, batch_size, heads * size)
 
 
 @dataclass(frozen=True)
@@ -258,11 +273,15 @@ class _Modular(JaxCore):
         init_h, init_c = self.initial_state(params, 1, x.dtype)
         init_h, init_c = init_h.reshape(units, size), init_c.reshape(units, size)
 
-        # Everything that does not depend on the state, once per call.
+        # Everything that does not depend on the state, once per call. Layouts are chosen so that
+        # every product in the step is a matmul with its batch axes leading (XLA's CPU dot is
+        # several times slower on einsums with a batch axis in the middle): units first, (U, B, .),
+        # for the per-unit weights; (B, heads, ., .) for the attentions.
         tokens = x.reshape(seq_len, batch_size, s.num_tokens, s.token_dim)
-        null_first = ((0, 0), (0, 0), (1, 0), (0, 0), (0, 0))  # the null token's key and value: exact zeros
-        keys = jnp.pad(_split_heads(tokens @ params["input_key"].T, heads), null_first)  # (T, B, N + 1, heads, dk)
-        values = jnp.pad(_split_heads(tokens @ params["input_value"].T, heads), null_first)  # (T, B, N + 1, heads, dv)
+        null_first = ((0, 0), (0, 0), (0, 0), (1, 0), (0, 0))  # the null token's key and value: exact zeros
+        keys = tokens @ params["input_key"].T * (1.0 / math.sqrt(s.input_key_size))  # the scale, folded in
+        keys_t = jnp.pad(_heads_first(keys, heads), null_first).swapaxes(-1, -2)  # (T, B, heads, dk, N + 1)
+        values = jnp.pad(_heads_first(tokens @ params["input_value"].T, heads), null_first)  # (T, B, heads, N + 1, dv)
         input_logits, comm_logits, eligible = self.attention_terms(params)
         presence = self.token_presence(tokens)
         token_bias = None
@@ -274,25 +293,27 @@ class _Modular(JaxCore):
         elif eligible is not None:
             eligible = jnp.broadcast_to(eligible, (seq_len, batch_size, units))
         keep = _keep_mask(x, episode_starts)
-        xs = {"keys": keys, "values": values, "keep": keep}
+        xs = {"keys_t": keys_t, "values": values, "keep": keep}
         if token_bias is not None:
             xs["token_bias"] = token_bias
         if eligible is not None:
             xs["eligible"] = eligible
         if active_mask is not None:
             xs["active_mask"] = active_mask.astype(bool)
+        comm_scale = 1.0 / math.sqrt(s.comm_key_size)
+        init_h, init_c = init_h[:, None, :], init_c[:, None, :]  # (U, 1, S)
 
         def step(carry: State, inputs: dict[str, jax.Array]) -> tuple[State, tuple[jax.Array, jax.Array]]:
-            h, c = carry  # (B, U, S)
-            row_keep = inputs["keep"][:, :, None]  # (B, 1, 1)
+            h, c = carry  # (U, B, S)
+            row_keep = inputs["keep"][None]  # (1, B, 1)
             if s.learn_initial_state:
                 h = jnp.where(row_keep > 0, h, init_h)
                 c = jnp.where(row_keep > 0, c, init_c)
             else:
                 h, c = h * row_keep, c * row_keep
             # 1. Input attention: (B, heads, U, N + 1).
-            query = _split_heads(jnp.einsum("bus,usq->buq", h, params["input_query"]), heads)
-            scores = jnp.einsum("buhd,bnhd->bhun", query, inputs["keys"]) / math.sqrt(s.input_key_size)
+            query = _heads_first(jnp.swapaxes(h @ params["input_query"], 0, 1), heads)  # (B, heads, U, dk)
+            scores = query @ inputs["keys_t"]
             if input_logits is not None:
                 scores = scores + input_logits
             if "token_bias" in inputs:
@@ -302,54 +323,54 @@ class _Modular(JaxCore):
                 kth = -jnp.sort(-real, axis=2)[:, :, s.position_k - 1 : s.position_k, :]  # k-th best unit per token
                 scores = jnp.concatenate([scores[..., :1], jnp.where(real < kth, -jnp.inf, real)], axis=-1)
             attention = jax.nn.softmax(scores, axis=-1)
-            # 2. Selection (hard; no gradient flows through the choice).
+            # 2. Selection (hard; no gradient flows through the choice): (B, U).
             if "active_mask" in inputs:
                 mask = inputs["active_mask"]
             elif s.k is not None:
-                null_attention = attention[..., 0].mean(axis=1)  # (B, U)
-                # top_k prefers the lower index among equals: the k least-null units, ties to the lowest.
-                chosen = _least_k(jax.lax.stop_gradient(null_attention), s.k, s.tie_break)
-                mask = jnp.zeros((batch_size, units), bool).at[jnp.arange(batch_size)[:, None], chosen].set(True)
+                mask = _least_k_mask(jax.lax.stop_gradient(attention[..., 0].mean(axis=1)), s.k, s.tie_break)
                 if "eligible" in inputs:
                     mask = mask & inputs["eligible"]
             elif "eligible" in inputs:
                 mask = inputs["eligible"]
             else:
                 mask = jnp.ones((batch_size, units), bool)
-            mask3 = mask[:, :, None]
-            # 3. Independent dynamics on each unit's own read (head-major concatenation).
-            attended = jnp.einsum("bhun,bnhd->buhd", attention, inputs["values"]).reshape(batch_size, units, -1)
+            unit_mask = mask.T[:, :, None]  # (U, B, 1)
+            # 3. Independent dynamics on each unit's own read (heads concatenated, head-major).
+            attended = _heads_last(attention @ inputs["values"])  # (U, B, heads * dv)
             h_cell, c_cell = self._cell(params, attended, h, c)
-            h_tilde, c = jnp.where(mask3, h_cell, h), jnp.where(mask3, c_cell, c)
+            h_tilde, c = jnp.where(unit_mask, h_cell, h), jnp.where(unit_mask, c_cell, c)
             # 4. Communication among all units, per head, as a residual.
-            qkv = jnp.einsum("bus,usf->buf", h_tilde, params["comm_qkv"]).reshape(batch_size, units, comm_heads, -1)
+            qkv = _heads_first(jnp.swapaxes(h_tilde @ params["comm_qkv"], 0, 1), comm_heads)  # (B, heads, U, .)
             q, k, v = jnp.split(qkv, [s.comm_key_size, 2 * s.comm_key_size], axis=-1)
-            comm_scores = jnp.einsum("buhd,bvhd->bhuv", q, k) / math.sqrt(s.comm_key_size)
+            comm_scores = (q * comm_scale) @ jnp.swapaxes(k, -1, -2)  # (B, heads, U, U)
             if comm_logits is not None:
                 comm_scores = comm_scores + comm_logits
-            read = jnp.einsum("bhuv,bvhd->buhd", jax.nn.softmax(comm_scores, axis=-1), v).reshape(batch_size, units, -1)
+            read = _heads_last(jax.nn.softmax(comm_scores, axis=-1) @ v)  # (U, B, heads * dv)
             if s.comm_out:
-                read = jnp.einsum("bur,urs->bus", read, params["comm_out_weight"]) + params["comm_out_bias"][:, 0]
+                read = read @ params["comm_out_weight"] + params["comm_out_bias"]
             # 5. Sparse update: inactive units keep h exactly.
-            h = jnp.where(mask3, h_tilde + read, h)
-            return (h, c), (h.reshape(batch_size, -1), mask)
+            h = jnp.where(unit_mask, h_tilde + read, h)
+            return (h, c), (h, mask)
 
-        carry = (state[0].reshape(batch_size, units, size), state[1].reshape(batch_size, units, size))
-        (h, c), (out, masks) = jax.lax.scan(step, carry, xs)
+        def unit_major(z: jax.Array) -> jax.Array:  # (B, U * S) -> (U, B, S)
+            return z.reshape(batch_size, units, size).swapaxes(0, 1)
+
+        (h, c), (out, masks) = jax.lax.scan(step, (unit_major(state[0]), unit_major(state[1])), xs)
+        out = out.transpose(0, 2, 1, 3).reshape(seq_len, batch_size, self.hidden_size)  # (T, U, B, S) -> (T, B, H)
         c = jnp.zeros_like(h) if s.cell == "gru" else c
-        return out, (h.reshape(batch_size, -1), c.reshape(batch_size, -1)), masks
+        return out, (out[-1], c.swapaxes(0, 1).reshape(batch_size, -1)), masks
 
     def _cell(self, params: Params, x: jax.Array, h: jax.Array, c: jax.Array) -> State:
-        """One grouped LSTM/GRU step, ``(B, U, ...)``; the torch cores' gate layouts: LSTM (i, f, o, g)
+        """One grouped LSTM/GRU step, ``(U, B, ...)``; the torch cores' gate layouts: LSTM (i, f, o, g)
         with one bias, GRU (r, z, n) with input and hidden biases."""
-        gates_x = jnp.einsum("bud,udg->bug", x, params["cell_input_weight"])
-        gates_h = jnp.einsum("bus,usg->bug", h, params["cell_hidden_weight"])
+        gates_x = x @ params["cell_input_weight"]
+        gates_h = h @ params["cell_hidden_weight"]
         if self.settings.cell == "lstm":
-            i, f, o, g = jnp.split(gates_x + gates_h + params["cell_input_bias"][:, 0], 4, axis=-1)
+            i, f, o, g = jnp.split(gates_x + gates_h + params["cell_input_bias"], 4, axis=-1)
             c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
             return jax.nn.sigmoid(o) * jnp.tanh(c), c
-        xr, xz, xn = jnp.split(gates_x + params["cell_input_bias"][:, 0], 3, axis=-1)
-        hr, hz, hn = jnp.split(gates_h + params["cell_hidden_bias"][:, 0], 3, axis=-1)
+        xr, xz, xn = jnp.split(gates_x + params["cell_input_bias"], 3, axis=-1)
+        hr, hz, hn = jnp.split(gates_h + params["cell_hidden_bias"], 3, axis=-1)
         r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
         n = jnp.tanh(xn + r * hn)
         return n + z * (h - n), c
