@@ -101,3 +101,23 @@ def test_bad_arguments_are_refused_before_anything_is_made(tmp_path: Path, capsy
     assert main(["-n", "10", "-f", str(tmp_path), "-q"]) == 2
     assert "distractor suites only" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_study_trains_with_the_jax_backend(tmp_path: Path, monkeypatch) -> None:
+    """``benchmarks/study.py --backend jax``: JAX training, then the study's own evaluation (torch,
+    the gymnasium suite) and tables; train.py-only options are refused."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from benchmarks import study
+
+    out = tmp_path / "jax-study"
+    argv = ["--backend", "jax", "--cores", "lstm", "--seeds", "0", "-n", "1024", "--episodes", "2",
+            "--eval-n-envs", "2", "--reps", "20", "--workers", "1", "-q", "--out", str(out)]
+    assert study.main(argv) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["settings"]["backend"] == "jax"
+    config = (out / "rimrl-Pickup-Train-v0" / "lstm" / "seed0" / "config.yml").read_text()
+    assert "backend: jax" in config
+    assert "(trained in JAX)" in (out / "results.md").read_text()
+    with pytest.raises(SystemExit) as refused:
+        study.main([*argv, "--save-freq", "512"])
+    assert refused.value.code == 2
