@@ -142,7 +142,7 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
     vec_env.close()
     command = " ".join(["python -m rimrl.jax.train", *sys.argv[1:]]) if sys.argv else "rimrl.jax.train"
     write_yaml(run_dir / "config.yml", {
-        "env": env_id, "core": core, "seed": seed, "n_timesteps": steps, "n_envs": settings.n_envs,
+        "env": env_id, "core": core, "seed": seed, "n_timesteps": n_timesteps, "n_envs": settings.n_envs,
         "backend": "jax", "tie_break": tie_break, "hyperparams": asdict(settings), "env_kwargs": {},
         "env_wrapper": [], "gym_packages": [], "family": "minigrid", "eval_deterministic": False,
         "sessions": [{"started": datetime.now(timezone.utc).isoformat(), "command": command, "from_timesteps": 0}],
