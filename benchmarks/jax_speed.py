@@ -5,9 +5,11 @@ process, so they never share the CPU): the torch agent exactly as train.py build
 (``rimrl.agents.make_agent``, the MiniGrid preset, one torch thread, ``DummyVecEnv`` of the
 gymnasium suite) and the JAX agent of ``python -m rimrl.jax.train`` (same preset, same network),
 both on ``rimrl/Pickup-Train-v0`` from scratch for ``--steps`` env steps. Reported: env steps per
-second of wall time, for torch after one warm-up rollout and for JAX after the first update (which
-compiles; the compile time is listed), and the ratio JAX / torch. JAX runs twice: with XLA's
-default CPU threads (all cores) and with one thread, the torch agent's budget.
+second of wall time and per second of the process's CPU time (all its threads), for torch after one
+warm-up rollout and for JAX after the first update (which compiles; the compile time is listed),
+and the ratios JAX / torch of both. JAX runs twice: with XLA's default CPU threads (all cores) and
+with one thread, the torch agent's budget. On a machine busy with other work, only the one-thread
+CPU-time ratio stays meaningful (wall time then measures the other work too).
 
     .venv/bin/python -m benchmarks.jax_speed --cores lstm rim --steps 16384
 """
@@ -34,10 +36,10 @@ env = make_env("{env}", n_envs=preset_n_envs("{env}", core), seed=0)
 model = make_agent(env, core=core, seed=0)
 rollout = model.n_envs * model.n_steps
 model.learn(rollout)  # warm-up
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 model.learn(steps, reset_num_timesteps=False)
-seconds = time.perf_counter() - start
-print(json.dumps({{"steps": steps, "seconds": seconds}}))
+seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({{"steps": steps, "seconds": seconds, "cpu_seconds": cpu_seconds}}))
 """
 
 _JAX = """
@@ -60,11 +62,12 @@ jax.block_until_ready(metrics)
 compile_s = time.perf_counter() - start
 per_update = settings.n_envs * settings.n_steps
 updates = max(1, steps // per_update)
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 for _ in range(updates):
     runner, metrics = update(runner)
 jax.block_until_ready(metrics)
-print(json.dumps({{"steps": updates * per_update, "seconds": time.perf_counter() - start, "compile_s": compile_s}}))
+print(json.dumps({{"steps": updates * per_update, "seconds": time.perf_counter() - start,
+                  "cpu_seconds": time.process_time() - cpu, "compile_s": compile_s}}))
 """
 
 
@@ -88,20 +91,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for core in args.cores:
         torch_result = _run(_TORCH.format(env=ENV), [core, str(args.steps)])
         torch_rate = torch_result["steps"] / torch_result["seconds"]
+        torch_cpu_rate = torch_result["steps"] / torch_result["cpu_seconds"]
         rows.append({"core": core, "agent": "torch (sb3-contrib RecurrentPPO, 1 thread)", "steps_per_s": torch_rate,
-                     "ratio": 1.0, "compile_s": None})
+                     "ratio": 1.0, "steps_per_cpu_s": torch_cpu_rate, "cpu_ratio": 1.0, "compile_s": None})
         for label, env in (("jax (XLA default threads)", None), ("jax (1 XLA thread)", {"XLA_FLAGS": ONE_THREAD_XLA})):
             result = _run(_JAX.format(env=ENV), [core, str(args.steps), args.tie_break], env)
-            rate = result["steps"] / result["seconds"]
+            rate, cpu_rate = result["steps"] / result["seconds"], result["steps"] / result["cpu_seconds"]
             rows.append({"core": core, "agent": label, "steps_per_s": rate, "ratio": rate / torch_rate,
+                         "steps_per_cpu_s": cpu_rate, "cpu_ratio": cpu_rate / torch_cpu_rate,
                          "compile_s": result["compile_s"]})
         for row in rows[-3:]:
-            print(f"{row['core']:5s} {row['agent']:45s} {row['steps_per_s']:8.0f} steps/s  x{row['ratio']:.2f}"
+            print(f"{row['core']:5s} {row['agent']:45s} {row['steps_per_s']:8.0f} steps/s x{row['ratio']:.2f}  "
+                  f"{row['steps_per_cpu_s']:8.0f} steps/cpu-s x{row['cpu_ratio']:.2f}"
                   + (f"  (compile {row['compile_s']:.1f} s)" if row["compile_s"] else ""), flush=True)
-    print("\n| core | agent | env steps/s | x torch | compile s |\n| --- | --- | ---: | ---: | ---: |")
+    print("\n| core | agent | env steps/s (wall) | x torch | env steps/s (CPU time) | x torch | compile s |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         compile_s = "-" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
-        print(f"| {row['core']} | {row['agent']} | {row['steps_per_s']:.0f} | {row['ratio']:.2f} | {compile_s} |")
+        print(f"| {row['core']} | {row['agent']} | {row['steps_per_s']:.0f} | {row['ratio']:.2f} | "
+              f"{row['steps_per_cpu_s']:.0f} | {row['cpu_ratio']:.2f} | {compile_s} |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"env": ENV, "steps": args.steps, "rows": rows}, indent=2))
