@@ -658,18 +658,21 @@ def write_markdown(settings: StudySettings, runs: Sequence[RunState], missing: S
                    f"95% stratified-bootstrap CI. 0.5 means no difference.", "", poi]
     else:
         tables += ["", f"(No probability of improvement: it needs {BASELINE} and one of {', '.join(CHALLENGERS)}.)"]
+    jax = settings.backend == "jax"
+    trainer = "python -m rimrl.jax.train (recurrent PPO in JAX, docs/jax.md;" if jax else "train.py (RecurrentPPO;"
     header = [
         f"# Out-of-distribution study: {', '.join(settings.cores)} on the {settings.suite} suite", "",
         "Command:", "", "```", settings.command, "```", "",
         f"- {describe(settings, runs)}.",
-        f"- Trained on `{settings.env_id}` with train.py (RecurrentPPO; n_envs {', '.join(map(str, n_envs)) or '?'}; "
+        f"- Trained on `{settings.env_id}` with {trainer} n_envs {', '.join(map(str, n_envs)) or '?'}; "
         f"hyperparameters: {hyper}); run directories under `{settings.out}`.",
         f"- Evaluated: each run's final `model.zip` on {', '.join(settings.variants)}; {settings.episodes} episodes "
         f"per variant, sampled (stochastic) actions as in train.py's own evaluation, evaluation seed "
         f"{settings.eval_seed}, {settings.eval_n_envs} envs (per-run files under `{settings.out / EVAL_DIR}`).",
         f"- Written {created}; git commit {git.get('commit') or '?'}{' (dirty)' if git.get('dirty') else ''}.",
         "- Figures: `results.png` (IQM and CI per variant and core), `curves.png` (success vs env steps: training "
-        "episodes, and train.py's periodic evaluations on every variant).",
+        + ("episodes; JAX runs have no periodic evaluations)." if jax else
+           "episodes, and train.py's periodic evaluations on every variant)."),
     ]
     if missing:
         header.append(f"- **Not included** (training did not complete): "
