@@ -728,8 +728,9 @@ def plot_curves(settings: StudySettings, runs: Sequence[RunState], curves: Mappi
     from rimrl.evaluation.curves import curve_panels
     from rimrl.evaluation.curves import plot_curves as draw
 
-    first = (f"success vs env steps. Training episodes in bins of {settings.bin_steps:,} steps; evaluations: "
-             f"train.py's periodic sampled-action episodes per variant")
+    first = f"success vs env steps. Training episodes in bins of {settings.bin_steps:,} steps"
+    if settings.backend != "jax":  # JAX runs have no periodic evaluations
+        first += "; evaluations: train.py's periodic sampled-action episodes per variant"
     return draw(curve_panels(curves["objects"]), path, _title(settings, runs, first))
 
 
