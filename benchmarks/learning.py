@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import print_table, write_json
-from benchmarks.study import _monitor_rows, curve_edges, learning_curve
+from rimrl.evaluation.curves import _monitor_rows, curve_edges, training_success
 from rimrl.cli.common import read_yaml
 from rimrl.experiments.options import CONFIG_FILE, MONITOR_DIR
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         config = read_yaml(run / CONFIG_FILE, what="run config")
         steps = int(config.get("n_timesteps") or 0)
         edges = curve_edges(steps, args.bin)
-        curve = learning_curve(run, edges)
+        curve = training_success(run, edges)
         reached = [int(edges[k + 1]) for k, value in enumerate(curve) if value >= args.threshold]
         last = last_fifth_success(run)
         active = active_fraction(run)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -140,7 +141,10 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
     model.save(run_dir / "model.zip")
     save_weights(model, run_dir / "model.zip")
     vec_env.close()
-    command = " ".join(["python -m rimrl.jax.train", *sys.argv[1:]]) if sys.argv else "rimrl.jax.train"
+    # The single-run command (also when a sweep or the study called train()).
+    command = shlex.join(["python", "-m", "rimrl.jax.train", "--env", env_id, "--core", core, "--seed", str(seed),
+                          "-n", str(n_timesteps), "-f", str(log_folder), "--n-envs", str(settings.n_envs),
+                          "--tie-break", tie_break])
     write_yaml(run_dir / "config.yml", {
         "env": env_id, "core": core, "seed": seed, "n_timesteps": n_timesteps, "n_envs": settings.n_envs,
         "backend": "jax", "tie_break": tie_break, "hyperparams": asdict(settings), "env_kwargs": {},
