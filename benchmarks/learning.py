@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import print_table, write_json
-from rimrl.evaluation.curves import _monitor_rows, curve_edges, training_success
 from rimrl.cli.common import read_yaml
+from rimrl.evaluation.curves import _monitor_rows, curve_edges, training_success
 from rimrl.experiments.options import CONFIG_FILE, MONITOR_DIR
 
 
