@@ -124,6 +124,15 @@ def test_study_trains_evaluates_and_resumes(tmp_path: Path, capsys: pytest.Captu
         assert len(config["sessions"]) == 2 and config["sessions"][1]["from_timesteps"] == 512
         for core, seed in (("lstm", 0), ("rim", 1)):
             assert (out / "eval" / core / f"seed{seed}" / "study_eval.json").is_file()
+
+        # benchmarks/learning.py reads the same runs (a resumed one too).
+        from benchmarks import learning
+
+        runs = sorted((out / "rimrl-Pickup-Train-v0").glob("*/seed*"))
+        learning.main([*map(str, runs), "--bin", "512", "--json", str(tmp_path / "learning.json")])
+        table = json.loads((tmp_path / "learning.json").read_text())
+        assert [(r["core"], r["seed"]) for r in table["runs"]] == [("lstm", 0), ("lstm", 1), ("rim", 0), ("rim", 1)]
+        assert all(len(r["success"]) == 2 and 0.0 <= r["last_fifth"] <= 1.0 for r in table["runs"])
     finally:
         torch.set_num_threads(threads)
 
