@@ -14,7 +14,6 @@ import pytest
 import torch
 
 jax = pytest.importorskip("jax", reason="rimrl.jax needs the jax extra: pip install 'rimrl[jax]'")
-jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 
 from rimrl.cores import GRU, LSTM, RIM, SRM  # noqa: E402
@@ -22,6 +21,15 @@ from rimrl.jax import from_torch, load_into_torch  # noqa: E402
 
 T, B, D = 9, 3, 12
 TOL = 1e-10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def float64():
+    """float64 in JAX for this module only (a global switch: the other modules run in float32)."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
 
 CASES = {
     "lstm": lambda: LSTM(D, 10),

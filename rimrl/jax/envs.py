@@ -75,13 +75,13 @@ class PickupJax:
     def reset(self, key: jax.Array) -> tuple[PickupState, dict[str, jax.Array]]:
         """A new episode: ``(state, observation)``."""
         key_target, key_count, key_kinds, key_layout = jax.random.split(key, 4)
-        target_index = jax.random.randint(key_target, (), 0, len(self.targets))
+        target_index = jax.random.randint(key_target, (), 0, len(self.targets), jnp.int32)
         target = jnp.asarray(self.targets, jnp.uint8)[target_index]
-        count = jax.random.randint(key_count, (), self.count_range[0], self.count_range[1] + 1)
-        pool_sizes = jnp.asarray([len(p) for p in self.pools])
+        count = jax.random.randint(key_count, (), self.count_range[0], self.count_range[1] + 1, jnp.int32)
+        pool_sizes = jnp.asarray([len(p) for p in self.pools], jnp.int32)
         width = max(len(p) for p in self.pools)
         pools = jnp.asarray([list(p) + [p[0]] * (width - len(p)) for p in self.pools], jnp.uint8)
-        picks = jax.random.randint(key_kinds, (self.max_distractors,), 0, pool_sizes[target_index])
+        picks = jax.random.randint(key_kinds, (self.max_distractors,), 0, pool_sizes[target_index], jnp.int32)
         kinds = pools[target_index][picks]  # (max distractors, 2); the first `count` are used
 
         def attempt(carry: tuple[jax.Array, jax.Array, PickupState]) -> tuple[jax.Array, jax.Array, PickupState]:
@@ -112,7 +112,7 @@ class PickupJax:
         grid = grid.at[positions[:, 0], positions[:, 1]].set(jnp.where((slots < count)[:, None], encodings, current))
         agent_pos = cells[1 + count]
         return PickupState(
-            grid=grid, agent_pos=agent_pos, agent_dir=jax.random.randint(key_dir, (), 0, 4),
+            grid=grid, agent_pos=agent_pos, agent_dir=jax.random.randint(key_dir, (), 0, 4, jnp.int32),
             target_pos=target_pos, target=target, carrying=jnp.asarray(EMPTY),
             step_count=jnp.zeros((), jnp.int32),
         )
@@ -168,7 +168,8 @@ class PickupJax:
         padded = jnp.pad(state.grid, ((view, view), (view, view), (0, 0)))
         outside = jnp.pad(jnp.zeros(state.grid.shape[:2], bool), view, constant_values=True)
         padded = jnp.where(outside[..., None], jnp.asarray(WALL), padded)
-        window = jax.lax.dynamic_slice(padded, (top_x + view, top_y + view, 0), (view, view, 3))
+        start = [jnp.asarray(i, jnp.int32) for i in (top_x + view, top_y + view, 0)]  # one index dtype, also with x64
+        window = jax.lax.dynamic_slice(padded, start, (view, view, 3))
         rotations = jnp.stack([jnp.rot90(window, k=-(k + 1), axes=(0, 1)) for k in range(4)])
         image = rotations[d].at[half, view - 1].set(state.carrying)
         return {"grid": image, "direction": d.astype(jnp.uint8)[None], "target": state.target}

@@ -80,10 +80,10 @@ class RunnerState(NamedTuple):
 def init_runner(policy: JaxPolicy, params: Any, env: PickupJax, settings: PPOSettings, key: jax.Array) -> RunnerState:
     key, reset_key = jax.random.split(key)
     env_state, obs = jax.vmap(env.reset)(jax.random.split(reset_key, settings.n_envs))
-    zeros = jnp.zeros(settings.n_envs)
+    zeros = jnp.zeros(settings.n_envs, jnp.float32)  # explicit dtypes: the same with jax_enable_x64
     return RunnerState(params=params, opt_state=settings.optimizer().init(params), env_state=env_state, obs=obs,
                        core_state=policy.initial_state(params, settings.n_envs),
-                       episode_start=jnp.ones(settings.n_envs), episode_return=zeros,
+                       episode_start=jnp.ones(settings.n_envs, jnp.float32), episode_return=zeros,
                        episode_length=zeros.astype(jnp.int32), key=key)
 
 
