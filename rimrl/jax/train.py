@@ -100,7 +100,7 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
     update = make_update(policy, jax_env, settings)
 
     (run_dir / "monitor").mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    started, started_at = time.time(), datetime.now(timezone.utc).isoformat()
     monitor = (run_dir / MONITOR_FILE).open("w")
     monitor.write("#" + json.dumps({"t_start": started, "env_id": env_id, "backend": "jax"}) + "\n")
     monitor.write("r,l,t,success\n")
@@ -149,7 +149,7 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
         "env": env_id, "core": core, "seed": seed, "n_timesteps": n_timesteps, "n_envs": settings.n_envs,
         "backend": "jax", "tie_break": tie_break, "hyperparams": asdict(settings), "env_kwargs": {},
         "env_wrapper": [], "gym_packages": [], "family": "minigrid", "eval_deterministic": False,
-        "sessions": [{"started": datetime.now(timezone.utc).isoformat(), "command": command, "from_timesteps": 0}],
+        "sessions": [{"started": started_at, "command": command, "from_timesteps": 0}],
         "command": command,
     })
     recent = successes[-100:]
