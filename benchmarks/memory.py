@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.study import _pool_context  # forkserver/spawn: no fork of a process that may hold JAX threads
+
 DEFAULT_STEPS = {"CartPoleNoVel-v1": 100_000, "PendulumNoVel-v1": 100_000, "LunarLanderNoVel-v3": 200_000}
 #: rl-zoo3's budgets (hyperparams/ppo_lstm.yml ``n_timesteps``), printed beside ours.
 RL_ZOO_STEPS = {"CartPoleNoVel-v1": 100_000, "PendulumNoVel-v1": 100_000, "LunarLanderNoVel-v3": 1_000_000}
@@ -55,12 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def budgets(args: argparse.Namespace) -> dict[str, int]:
+def budgets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, int]:
     steps = dict(DEFAULT_STEPS)
     for item in args.steps:
         env_id, _, value = item.partition("=")
         if env_id not in steps or not value.isdigit() or int(value) < 1:
-            raise SystemExit(f"--steps takes ENV=N with ENV one of {', '.join(steps)}, got {item!r}")
+            parser.error(f"--steps takes ENV=N with ENV one of {', '.join(steps)}, got {item!r}")
         steps[env_id] = int(value)
     return {env_id: steps[env_id] for env_id in args.envs}
 
@@ -120,12 +122,14 @@ def train_rimrl(out: Path, pending: Sequence[tuple[str, str, int, int]], workers
 
 
 def training_return(path: Path, last: int = 100) -> float | None:
-    """Mean return of the last ``last`` training episodes (the run's monitor CSVs)."""
-    returns: list[float] = []
-    for csv in sorted((path / "monitor").glob("*.monitor.csv")):
-        lines = [line for line in csv.read_text().splitlines()[2:] if line]
-        returns += [float(line.split(",")[0]) for line in lines]
-    return float(np.mean(returns[-last:])) if returns else None
+    """Mean return of the last ``last`` training episodes (the run's monitor CSVs, SB3's ``load_results``)."""
+    from stable_baselines3.common.monitor import LoadMonitorResultsError, load_results
+
+    try:
+        episodes = load_results(str(path / "monitor"))
+    except LoadMonitorResultsError:
+        return None
+    return float(episodes["r"].iloc[-last:].mean()) if len(episodes) else None
 
 
 def evaluate_run(env_id: str, path: str, episodes: int) -> dict[str, Any]:
@@ -182,8 +186,9 @@ def results_table(rows: Sequence[dict[str, Any]], envs: Sequence[str], cores: Se
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    steps = budgets(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    steps = budgets(args, parser)
     out = Path(args.out)
     command = shlex.join([".venv/bin/python", "-m", "benchmarks.memory", *argv])
     plan = [(env_id, core, seed, n) for env_id, n in steps.items() for core in args.cores for seed in args.seeds]
@@ -192,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     references = [p for p in pending if p[1] == "ref"]
     if references:
-        with ProcessPoolExecutor(min(args.workers, len(references))) as pool:
+        with ProcessPoolExecutor(min(args.workers, len(references)), mp_context=_pool_context()) as pool:
             jobs = [pool.submit(train_reference, env_id, seed, n, str(run_dir(out, env_id, core, seed)))
                     for env_id, core, seed, n in references]
             for job, (env_id, core, seed, _) in zip(jobs, references, strict=True):
@@ -204,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     done = [p for p in plan if (run_dir(out, p[0], p[1], p[2]) / "model.zip").is_file()]
-    with ProcessPoolExecutor(args.workers) as pool:
+    with ProcessPoolExecutor(args.workers, mp_context=_pool_context()) as pool:
         evaluations = [pool.submit(evaluate_run, env_id, str(run_dir(out, env_id, core, seed)), args.episodes)
                        for env_id, core, seed, _ in done]
         for (env_id, core, seed, _), job in zip(done, evaluations, strict=True):

@@ -121,3 +121,22 @@ def test_the_study_trains_with_the_jax_backend(tmp_path: Path, monkeypatch) -> N
     with pytest.raises(SystemExit) as refused:
         study.main([*argv, "--save-freq", "512"])
     assert refused.value.code == 2
+
+
+def test_what_the_jax_side_cannot_express_is_refused() -> None:
+    from rimrl.jax.ppo import PPOSettings
+    from rimrl.jax.train import ppo_settings
+
+    with pytest.raises(ValueError, match="whole env columns"):
+        PPOSettings(n_envs=8, n_steps=128, batch_size=200)
+    with pytest.raises(ValueError, match="schedule"):
+        ppo_settings("CartPoleNoVel-v1", "lstm")  # its preset decays the learning rate
+    env = make_env(ENV, n_envs=1)
+    separate = make_agent(env, core="gru", seed=0, **{"policy_kwargs.shared_lstm": False,
+                                                      "policy_kwargs.enable_critic_lstm": True})
+    with pytest.raises(ValueError, match="one shared core"):
+        policy_from_torch(separate.policy)
+    cartpole = make_agent(make_env("CartPole-v1", n_envs=1), core="gru", seed=0)
+    with pytest.raises(ValueError, match="MiniGrid dict observation"):
+        policy_from_torch(cartpole.policy)
+    env.close()

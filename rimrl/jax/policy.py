@@ -41,7 +41,6 @@ class JaxPolicy:
 
     core: JaxCore
     view: int
-    token_dim: int
     has_direction: bool
     has_target: bool
     offsets: tuple[tuple[int, int, int], ...]  # per token: the table row offset of each index slot
@@ -163,7 +162,7 @@ def policy_from_torch(policy: Any, tie_break: str | None = None) -> tuple[JaxPol
     params["core"] = core_params
     absent = tuple(int(i) for i in torch.nonzero(encoder._absent_object).flatten().tolist())
     jax_policy = JaxPolicy(
-        core=core, view=encoder.view, token_dim=int(params["table"].shape[1]),
+        core=core, view=encoder.view,
         has_direction=encoder._has_direction, has_target=encoder._has_target,
         offsets=tuple(map(tuple, encoder._offsets.tolist())), maxima=tuple(map(tuple, encoder._maxima.tolist())),
         table_rows=int(params["table"].shape[0]), absent_objects=absent if encoder.absent_objects else (),

@@ -71,6 +71,7 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
     """Train and save one agent; returns the final metrics. See the module docstring."""
     import jax
     import torch
+    from stable_baselines3.common.monitor import ResultsWriter
 
     from rimrl.agents import save_weights
     from rimrl.envs import make_env
@@ -99,11 +100,10 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
     runner = init_runner(policy, params, jax_env, settings, jax.random.PRNGKey(seed))
     update = make_update(policy, jax_env, settings)
 
-    (run_dir / "monitor").mkdir(parents=True, exist_ok=True)
     started, started_at = time.time(), datetime.now(timezone.utc).isoformat()
-    monitor = (run_dir / MONITOR_FILE).open("w")
-    monitor.write("#" + json.dumps({"t_start": started, "env_id": env_id, "backend": "jax"}) + "\n")
-    monitor.write("r,l,t,success\n")
+    # SB3's own monitor writer: the file train.py's Monitor writes, read by the curves and SB3's load_results.
+    monitor = ResultsWriter(str(run_dir / MONITOR_FILE), header={"t_start": started, "env_id": env_id, "backend": "jax"},
+                            extra_keys=("success",))
     n_updates = -(-n_timesteps // per_update)
     successes: list[float] = []
     compile_seconds = 0.0
@@ -123,8 +123,9 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
             for t, b in zip(*np.nonzero(done), strict=True):
                 success = bool(metrics["success"][t, b])
                 successes.append(float(success))
-                monitor.write(f"{float(metrics['episode_return'][t, b]):.6f},{int(metrics['episode_length'][t, b])},"
-                              f"{time.time() - started:.3f},{success}\n")
+                monitor.write_row({"r": round(float(metrics["episode_return"][t, b]), 6),
+                                   "l": int(metrics["episode_length"][t, b]),
+                                   "t": round(time.time() - started, 6), "success": success})
             if bar is not None:
                 bar.update(per_update)
                 recent = successes[-100:]
