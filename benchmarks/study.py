@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=_int, default=1, metavar="N", help="torch threads per training [default: 1]")
     run.add_argument("--backend", choices=("torch", "jax"), default="torch",
                      help="train with train.py (torch) or python -m rimrl.jax.train (the same agents trained end to "
-                     "end in JAX; no periodic evaluation, no resuming of a partial run) [default: torch]")
+                     "end in JAX, with its periodic evaluations on every variant; no checkpoints, no resuming of a "
+                     "partial run) [default: torch]")
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit without training anything")
     run.add_argument("-q", "--quiet", action="store_true", help="only the final tables (and errors)")
     return parser
@@ -250,11 +251,10 @@ def settings_from(args: argparse.Namespace, command: str) -> StudySettings:
     hyperparams = list(args.hyperparams or [])
     parse_key_values(hyperparams)  # a malformed item fails here; keys and types are checked by train.py
     if args.backend == "jax":
-        for flag, value in (("--hyperparams", args.hyperparams), ("--train-eval-episodes", args.train_eval_episodes),
-                            ("--eval-freq", args.eval_freq), ("--save-freq", args.save_freq)):
+        for flag, value in (("--hyperparams", args.hyperparams), ("--save-freq", args.save_freq)):
             if value is not None:
-                raise CLIError(f"{flag} is a train.py option; --backend jax trains with the presets and no periodic "
-                               "evaluation or checkpoints")
+                raise CLIError(f"{flag} is a train.py option; --backend jax trains with the presets and writes no "
+                               "checkpoints")
     out = Path(args.out) if args.out else Path("runs") / ("study-jax" if args.backend == "jax" else "study") / args.suite
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {str(out)!r} exists and is not a directory")
@@ -374,11 +374,16 @@ def check_trainings(settings: StudySettings, pending: Sequence[RunState]) -> Non
             raise CLIError(f"{state.core}/seed{state.seed}: {error}", error.exit_code) from None
 
 
-def train_jax(env_id: str, core: str, seed: int, n_timesteps: int, out: str, n_envs: int | None) -> None:
-    """One ``python -m rimrl.jax.train`` run (from scratch: a partial run is overwritten)."""
+def train_jax(settings: StudySettings, core: str, seed: int) -> None:
+    """One ``python -m rimrl.jax.train`` run (from scratch: a partial run is overwritten), with its
+    periodic evaluations on every variant as the torch runs have them (train.py ``--eval-variants all``)."""
+    from rimrl.experiments.options import DEFAULTS
     from rimrl.jax.train import train
 
-    train(env_id, core, seed, n_timesteps, out, overwrite=True, n_envs=n_envs, progress=False)
+    train(settings.env_id, core, seed, settings.n_timesteps, str(settings.out), overwrite=True, n_envs=settings.n_envs,
+          progress=False, eval_variants=["all"],
+          eval_freq=DEFAULTS["eval_freq"] if settings.eval_freq is None else settings.eval_freq,
+          eval_episodes=DEFAULTS["eval_episodes"] if settings.train_eval_episodes is None else settings.train_eval_episodes)
 
 
 def train_runs(settings: StudySettings, pending: Sequence[RunState]) -> int:
@@ -389,8 +394,7 @@ def train_runs(settings: StudySettings, pending: Sequence[RunState]) -> int:
     if settings.backend == "jax":
         failed = 0
         with ProcessPoolExecutor(min(settings.workers, len(pending)), mp_context=_pool_context()) as pool:
-            jobs = {pool.submit(train_jax, settings.env_id, s.core, s.seed, settings.n_timesteps, str(settings.out),
-                                settings.n_envs): s for s in pending}
+            jobs = {pool.submit(train_jax, settings, s.core, s.seed): s for s in pending}
             for job in as_completed(jobs):
                 state = jobs[job]
                 try:
@@ -671,7 +675,7 @@ def write_markdown(settings: StudySettings, runs: Sequence[RunState], missing: S
         f"{settings.eval_seed}, {settings.eval_n_envs} envs (per-run files under `{settings.out / EVAL_DIR}`).",
         f"- Written {created}; git commit {git.get('commit') or '?'}{' (dirty)' if git.get('dirty') else ''}.",
         "- Figures: `results.png` (IQM and CI per variant and core), `curves.png` (success vs env steps: training "
-        + ("episodes; JAX runs have no periodic evaluations)." if jax else
+        + ("episodes, and the JAX trainer's periodic evaluations on every variant)." if jax else
            "episodes, and train.py's periodic evaluations on every variant)."),
     ]
     if missing:
@@ -729,8 +733,8 @@ def plot_curves(settings: StudySettings, runs: Sequence[RunState], curves: Mappi
     from rimrl.evaluation.curves import plot_curves as draw
 
     first = f"success vs env steps. Training episodes in bins of {settings.bin_steps:,} steps"
-    if settings.backend != "jax":  # JAX runs have no periodic evaluations
-        first += "; evaluations: train.py's periodic sampled-action episodes per variant"
+    trainer = "the JAX trainer" if settings.backend == "jax" else "train.py"
+    first += f"; evaluations: {trainer}'s periodic sampled-action episodes per variant"
     return draw(curve_panels(curves["objects"]), path, _title(settings, runs, first))
 
 

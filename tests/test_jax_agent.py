@@ -3,7 +3,9 @@
 A policy built as train.py builds it (MiniGrid preset, every core) gives the same action logits
 and values in JAX on a rollout with episode starts; parameters written back from JAX reproduce
 the JAX outputs in torch. ``python -m rimrl.jax.train`` trains a few rollouts, writes train.py's
-run layout, and its model.zip loads with rimrl's loader and predicts.
+run layout, and its model.zip loads with rimrl's loader and predicts; its periodic evaluations
+(on every variant of the suite) are the files ``evaluate.py --curves`` reads. One small run is
+shared by the tests that read it (JAX compile time dominates).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from rimrl.agents import load_agent, make_agent  # noqa: E402
 from rimrl.envs import make_env  # noqa: E402
+from rimrl.evaluation.curves import read_run_evaluations  # noqa: E402
 from rimrl.jax.policy import load_policy_into_torch, policy_from_torch  # noqa: E402
 from rimrl.jax.train import main  # noqa: E402
 
@@ -77,10 +80,23 @@ def test_a_torch_policy_runs_the_same_in_jax_and_back(core: str) -> None:
     env.close()
 
 
-def test_jax_training_writes_a_run_that_torch_loads(tmp_path: Path) -> None:
-    argv = ["--core", "rim", "--seed", "3", "-n", "512", "--n-envs", "2", "-f", str(tmp_path), "-q"]
+#: Two rollouts of 2 envs x 128 steps, an evaluation after each (4 episodes per variant).
+RUN_ARGV = ["--core", "rim", "--seed", "3", "-n", "512", "--n-envs", "2", "--eval-freq", "256",
+            "--eval-episodes", "4", "-q"]
+VARIANTS = ["train", "more", "novel", "more+novel"]
+
+
+@pytest.fixture(scope="module")
+def jax_run(tmp_path_factory) -> tuple[Path, list[str]]:
+    """``(run directory, argv)`` of one small ``python -m rimrl.jax.train`` run."""
+    folder = tmp_path_factory.mktemp("jax-run")
+    argv = [*RUN_ARGV, "-f", str(folder)]
     assert main(argv) == 0
-    run = tmp_path / "rimrl-Pickup-Train-v0" / "rim" / "seed3"
+    return folder / "rimrl-Pickup-Train-v0" / "rim" / "seed3", argv
+
+
+def test_jax_training_writes_a_run_that_torch_loads(jax_run) -> None:
+    run, argv = jax_run
     metrics = json.loads((run / "final_metrics.json").read_text())
     assert metrics["num_timesteps"] == 512 and metrics["backend"] == "jax" and metrics["episodes"] > 0
     rows = (run / "monitor" / "session0.monitor.csv").read_text().splitlines()
@@ -96,10 +112,55 @@ def test_jax_training_writes_a_run_that_torch_loads(tmp_path: Path) -> None:
     assert main(argv) == 2  # a model is there: refused without --overwrite
 
 
+def test_jax_training_evaluates_every_variant_periodically(jax_run) -> None:
+    """After each update that crosses --eval-freq and at the end, on the training variant
+    (evaluations.npz) and by default every other variant (evaluations_<variant>.npz)."""
+    from rimrl.agents.training import EvalHistory
+    from rimrl.experiments.io import read_yaml
+
+    run, _ = jax_run
+    assert sorted(p.name for p in run.glob("evaluations*.npz")) == [
+        "evaluations.npz", "evaluations_more+novel.npz", "evaluations_more.npz", "evaluations_novel.npz"]
+    for path in run.glob("evaluations*.npz"):
+        history = EvalHistory(path)  # SB3's layout, as train.py writes it
+        assert history.timesteps == [256, 512]
+        assert [len(row) for row in (*history.results, *history.lengths, *history.successes)] == [4] * 6
+        assert all(1 <= length <= 128 for row in history.lengths for length in row)
+    evaluations = read_run_evaluations(run)
+    assert list(evaluations.series) == VARIANTS and evaluations.core == "rim" and evaluations.seed == 3
+    assert all(list(series.steps) == [256, 512] for series in evaluations.series.values())
+    config = read_yaml(run / "config.yml")
+    assert (config["eval_freq"], config["eval_episodes"], config["eval_deterministic"]) == (256, 4, False)
+    assert config["eval_variants"] == VARIANTS[1:]
+    assert "--eval-variants more novel more+novel" in config["command"]
+    metrics = json.loads((run / "final_metrics.json").read_text())
+    assert list(metrics["eval_success_rates"]) == VARIANTS and metrics["n_episodes"] == 4
+    assert metrics["success_rate"] == evaluations.series["train"].success_rate[-1]
+    assert metrics["eval_s"] > 0 and metrics["steps_per_s_after_compile"] > 0
+
+
+def test_eval_variants_mean_what_train_py_means() -> None:
+    """train.py's names and ``all``; the JAX trainer's default (None) is all, ``none`` is none."""
+    from rimrl.jax.train import resolve_variants
+
+    everything = {"more": "rimrl/Pickup-More-v0", "novel": "rimrl/Pickup-Novel-v0",
+                  "more+novel": "rimrl/Pickup-MoreNovel-v0"}
+    assert resolve_variants(ENV, None) == resolve_variants(ENV, ["all"]) == everything
+    assert resolve_variants(ENV, ["none"]) == resolve_variants(ENV, []) == {}
+    assert resolve_variants("rimrl/PickupInstructed-Novel-v0", ["novel", "train"]) == {
+        "novel": "rimrl/PickupInstructed-Novel-v0", "train": "rimrl/PickupInstructed-Train-v0"}
+    with pytest.raises(ValueError, match="unknown variant 'none'"):
+        resolve_variants(ENV, ["none", "more"])
+
+
 def test_bad_arguments_are_refused_before_anything_is_made(tmp_path: Path, capsys) -> None:
     assert main(["--env", "CartPole-v1", "-f", str(tmp_path), "-q"]) == 2
     assert main(["-n", "10", "-f", str(tmp_path), "-q"]) == 2
     assert "distractor suites only" in capsys.readouterr().err
+    assert main(["--eval-variants", "bogus", "-f", str(tmp_path), "-q"]) == 2
+    assert "unknown variant 'bogus'" in capsys.readouterr().err
+    for bad in (["--eval-variants", "all", "more"], ["--eval-freq", "-1"], ["--eval-episodes", "0"]):
+        assert main([*bad, "-f", str(tmp_path), "-q"]) == 2
     assert not any(tmp_path.iterdir())
 
 
@@ -127,7 +188,7 @@ def test_what_the_jax_side_cannot_express_is_refused() -> None:
     from rimrl.jax.ppo import PPOSettings
     from rimrl.jax.train import ppo_settings
 
-    with pytest.raises(ValueError, match="whole env columns"):
+    with pytest.raises(ValueError, match="whole sequences"):
         PPOSettings(n_envs=8, n_steps=128, batch_size=200)
     with pytest.raises(ValueError, match="schedule"):
         ppo_settings("CartPoleNoVel-v1", "lstm")  # its preset decays the learning rate
@@ -140,3 +201,34 @@ def test_what_the_jax_side_cannot_express_is_refused() -> None:
     with pytest.raises(ValueError, match="MiniGrid dict observation"):
         policy_from_torch(cartpole.policy)
     env.close()
+
+
+@pytest.mark.parametrize("sequence_length", [None, 8])
+def test_training_sequences_replay_the_rollout_exactly(sequence_length: int | None) -> None:
+    """Whole columns or sequences of 8 steps, each replayed from the core state the rollout recorded
+    at its first step: with a zero learning rate the replayed log-probabilities are the rollout's
+    (ratio 1, no clipping), although episodes cross the sequence boundaries (a wrong start state
+    would change a RIM's outputs there)."""
+    from rimrl.jax.envs import make_pickup
+    from rimrl.jax.ppo import PPOSettings, init_runner, make_update
+
+    policy, params = policy_from_torch(make_agent(make_env(ENV, n_envs=1), core="rim", seed=0).policy, "index")
+    settings = PPOSettings(n_envs=4, n_steps=32, batch_size=32, n_epochs=1, learning_rate=0.0,
+                           sequence_length=sequence_length)
+    assert settings.sequences_per_minibatch == (1 if sequence_length is None else 4)
+    env = make_pickup(ENV)
+    runner = init_runner(policy, params, env, settings, jax.random.PRNGKey(0))
+    _, metrics = make_update(policy, env, settings)(runner)
+    assert not np.asarray(metrics["done"])[:-1].all(axis=0).any()  # episodes run on across step boundaries
+    assert float(metrics["approx_kl"]) < 1e-8
+    assert float(metrics["clip_fraction"]) == 0.0
+
+
+def test_sequence_lengths_that_do_not_tile_the_rollout_are_refused() -> None:
+    from rimrl.jax.ppo import PPOSettings
+
+    with pytest.raises(ValueError, match="must divide n_steps"):
+        PPOSettings(n_envs=8, n_steps=128, batch_size=256, sequence_length=48)
+    with pytest.raises(ValueError, match="whole sequences"):
+        PPOSettings(n_envs=8, n_steps=128, batch_size=200, sequence_length=8)
+    assert PPOSettings(sequence_length=16).n_sequences == 8 * 128 // 16

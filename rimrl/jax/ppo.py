@@ -8,10 +8,14 @@ these choices written out:
 
 - advantages: GAE(``gamma``, ``gae_lambda``); a truncated episode's last reward gets
   ``gamma * V(terminal observation)`` added, as SB3 does;
-- minibatches: whole env columns of the rollout (``batch_size // n_steps`` envs x ``n_steps``
-  steps each, PureJaxRL's layout), each replayed from the core state the rollout started from, with
-  the recorded episode starts resetting it; sb3-contrib instead cuts sequences at episode starts
-  and pads them, which gives the same gradients per sequence but other minibatch groupings;
+- minibatches: ``batch_size // sequence_length`` sequences of ``sequence_length`` consecutive
+  steps of one env (default: the whole ``n_steps`` column, PureJaxRL's layout), each replayed from
+  the core state the rollout recorded at its first step, with the recorded episode starts
+  resetting it. sb3-contrib instead cuts sequences at episode starts and pads them, which gives the
+  same gradients per sequence but other minibatch groupings. A shorter ``sequence_length`` runs the
+  same number of steps per minibatch as more, shorter sequences (a shorter ``lax.scan`` over a
+  wider batch, faster on CPU); gradients then stop at the sequence boundaries, as they stop at
+  sb3-contrib's minibatch boundaries;
 - loss: clipped surrogate with per-minibatch advantage normalisation, ``vf_coef`` x MSE value loss
   (no value clipping), ``ent_coef`` x entropy bonus; Adam (eps 1e-5) after global-norm clipping
   at ``max_grad_norm``.
@@ -47,17 +51,31 @@ class PPOSettings:
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
+    sequence_length: int | None = None  # steps per training sequence; None: n_steps (whole env columns)
 
     def __post_init__(self) -> None:
-        if self.batch_size % self.n_steps or (self.n_envs * self.n_steps) % self.batch_size:
+        length = self.seq_len
+        if length < 1 or self.n_steps % length:
+            raise ValueError(f"sequence_length ({length}) must divide n_steps ({self.n_steps})")
+        if self.batch_size % length or (self.n_envs * self.n_steps) % self.batch_size:
             raise ValueError(
-                f"rimrl.jax's minibatches are whole env columns: batch_size ({self.batch_size}) must be a multiple of "
-                f"n_steps ({self.n_steps}) and divide n_envs * n_steps ({self.n_envs * self.n_steps})"
+                f"rimrl.jax's minibatches are whole sequences: batch_size ({self.batch_size}) must be a multiple of "
+                f"the sequence length ({length}) and divide n_envs * n_steps ({self.n_envs * self.n_steps})"
             )
 
     @property
-    def envs_per_minibatch(self) -> int:
-        return self.batch_size // self.n_steps
+    def seq_len(self) -> int:
+        """Steps per training sequence."""
+        return self.n_steps if self.sequence_length is None else self.sequence_length
+
+    @property
+    def sequences_per_minibatch(self) -> int:
+        return self.batch_size // self.seq_len
+
+    @property
+    def n_sequences(self) -> int:
+        """Sequences per rollout: ``n_envs * n_steps / seq_len``."""
+        return self.n_envs * self.n_steps // self.seq_len
 
     def optimizer(self) -> optax.GradientTransformation:
         return optax.chain(optax.clip_by_global_norm(self.max_grad_norm), optax.adam(self.learning_rate, eps=1e-5))
@@ -119,7 +137,8 @@ def make_update(policy: JaxPolicy, env: PickupJax, settings: PPOSettings):
         reward = reward + s.gamma * jnp.where(truncated, terminal_value, 0.0)
         episode_return = runner.episode_return + reward
         episode_length = runner.episode_length + 1
-        transition = {"obs": runner.obs, "episode_start": runner.episode_start, "action": action,
+        transition = {"obs": runner.obs, "core_state": runner.core_state, "episode_start": runner.episode_start,
+                      "action": action,
                       "log_prob": log_prob, "value": value, "reward": reward, "done": done,
                       "episode_return": episode_return, "episode_length": episode_length, "success": success}
         runner = runner._replace(env_state=env_state, obs=obs, core_state=core_state,
@@ -158,19 +177,26 @@ def make_update(policy: JaxPolicy, env: PickupJax, settings: PPOSettings):
         return loss, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
                       "clip_fraction": clip_fraction, "approx_kl": ((ratio - 1) - jnp.log(ratio)).mean()}
 
+    def sequences(a: jax.Array) -> jax.Array:
+        """``(T, B, ...)`` -> ``(L, T / L * B, ...)``: the rollout cut into sequences of ``L`` steps."""
+        chunks = a.reshape(s.n_steps // s.seq_len, s.seq_len, *a.shape[1:])  # (T / L, L, B, ...)
+        return jnp.swapaxes(chunks, 0, 1).reshape(s.seq_len, s.n_sequences, *a.shape[2:])
+
     def update(runner: RunnerState) -> tuple[RunnerState, dict[str, jax.Array]]:
-        start_state = runner.core_state
         runner, traj = jax.lax.scan(rollout_step, runner, None, s.n_steps)
         _, last_value, _ = policy.apply(runner.params, _add_time(runner.obs), runner.core_state,
                                         runner.episode_start[None])
         adv, returns = advantages(traj, last_value[0], runner.episode_start)
         data = {"obs": traj["obs"], "episode_start": traj["episode_start"], "action": traj["action"],
                 "log_prob": traj["log_prob"], "advantage": adv, "return": returns}
+        data = jax.tree_util.tree_map(sequences, data)
+        # Each sequence starts from the core state the rollout had at its first step: (T / L * B, H).
+        start_state = jax.tree_util.tree_map(lambda a: sequences(a)[0], traj["core_state"])
 
         def epoch(carry: tuple[Any, Any, jax.Array], _: Any) -> tuple[tuple[Any, Any, jax.Array], dict[str, jax.Array]]:
             params, opt_state, key = carry
             key, perm_key = jax.random.split(key)
-            order = jax.random.permutation(perm_key, s.n_envs).reshape(-1, s.envs_per_minibatch)
+            order = jax.random.permutation(perm_key, s.n_sequences).reshape(-1, s.sequences_per_minibatch)
 
             def minibatch(carry: tuple[Any, Any], columns: jax.Array) -> tuple[tuple[Any, Any], dict[str, jax.Array]]:
                 params, opt_state = carry

@@ -11,8 +11,17 @@ one jit) once per rollout. The run directory has train.py's layout, so ``evaluat
 ``r, l, t, success``), ``model.zip`` (the trained parameters written back into the torch policy,
 saved by SB3) with its pickle-free ``model.weights.pt`` + ``model.spec.json``, and
 ``final_metrics.json`` (steps, wall time, steps/s, compile time, success of the last 100 training
-episodes). Exit status: 0 done, 2 bad arguments (nothing created), 130 interrupted (nothing saved
-but the monitor file).
+episodes, the final evaluation per variant).
+
+Periodic evaluations, as train.py's: after every update whose step count crosses a multiple of
+``--eval-freq`` and always at the end, ``--eval-episodes`` episodes (sampled actions, the
+MiniGrid presets' ``eval_deterministic: False``) on the training variant and on each
+``--eval-variants`` variant of its suite (default: all the others), played in JAX
+(:func:`rimrl.jax.evaluation.make_evaluator`, one compile per variant) with the same evaluation
+key every time. They are recorded with :class:`~rimrl.agents.training.EvalHistory` in
+``evaluations.npz`` and ``evaluations_<variant>.npz`` (SB3 EvalCallback layout), which
+``evaluate.py RUN --curves`` reads. Exit status: 0 done, 2 bad arguments (nothing created), 130
+interrupted (nothing saved but the monitor file and the evaluations so far).
 """
 
 from __future__ import annotations
@@ -30,11 +39,13 @@ from typing import Any
 
 import numpy as np
 
+from rimrl.experiments.options import DEFAULTS, EVAL_SEED_OFFSET, EVALUATIONS_FILE, variant_evaluations_file
+
 CORES = ("lstm", "gru", "rim", "srm")
 MONITOR_FILE = "monitor/session0.monitor.csv"
 
 
-def ppo_settings(env_id: str, core: str, n_envs: int | None = None) -> Any:
+def ppo_settings(env_id: str, core: str, n_envs: int | None = None, sequence_length: int | None = None) -> Any:
     """:class:`~rimrl.jax.ppo.PPOSettings` from the MiniGrid preset (constant schedules only)."""
     from rimrl.agents import resolve_hyperparams
     from rimrl.jax.ppo import PPOSettings
@@ -48,7 +59,7 @@ def ppo_settings(env_id: str, core: str, n_envs: int | None = None) -> Any:
             if callable(value):
                 raise ValueError(f"rimrl.jax trains with constant {name}; the preset has a schedule")
             values[name] = value
-    return PPOSettings(n_envs=n_envs or int(params.get("n_envs", 8)), **values)
+    return PPOSettings(n_envs=n_envs or int(params.get("n_envs", 8)), sequence_length=sequence_length, **values)
 
 
 def make_jax_ready_agent(env: Any, core: str, seed: int, tie_break: str = "index") -> Any:
@@ -60,6 +71,17 @@ def make_jax_ready_agent(env: Any, core: str, seed: int, tie_break: str = "index
     return make_agent(env, core=core, seed=seed, **overrides)
 
 
+def resolve_variants(env_id: str, eval_variants: Sequence[str] | None) -> dict[str, str]:
+    """``--eval-variants`` -> ``{variant: env id}`` in the suite of ``env_id``, with train.py's
+    meaning (:func:`rimrl.experiments.validation.resolve_eval_variants`: variant names, ``all`` for
+    every variant but the training one, an empty list for none) and two additions for a default of
+    all: ``None`` means ``all`` and ``["none"]`` means none. ``ValueError`` for an unknown name."""
+    from rimrl.experiments.validation import resolve_eval_variants
+
+    names = ["all"] if eval_variants is None else list(eval_variants)
+    return resolve_eval_variants(env_id, [] if names == ["none"] else names)
+
+
 def run_dir_for(log_folder: str | Path, env_id: str, core: str, seed: int) -> Path:
     from rimrl.experiments.io import run_dir_for as torch_layout
 
@@ -67,16 +89,28 @@ def run_dir_for(log_folder: str | Path, env_id: str, core: str, seed: int) -> Pa
 
 
 def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str | Path, overwrite: bool = False,
-          tie_break: str = "index", n_envs: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train and save one agent; returns the final metrics. See the module docstring."""
+          tie_break: str = "index", n_envs: int | None = None, progress: bool = True,
+          eval_freq: int = DEFAULTS["eval_freq"], eval_episodes: int = DEFAULTS["eval_episodes"],
+          eval_variants: Sequence[str] | None = None, sequence_length: int | None = None) -> dict[str, Any]:
+    """Train and save one agent; returns the final metrics. See the module docstring.
+
+    :param eval_freq: env steps between evaluations (0: only at the end).
+    :param eval_episodes: episodes per evaluation and variant.
+    :param eval_variants: other variants of the training env's suite to evaluate on (see
+        :func:`resolve_variants`; ``None``: all of them).
+    :param sequence_length: steps per training sequence (:class:`~rimrl.jax.ppo.PPOSettings`);
+        ``None``: whole ``n_steps`` columns.
+    """
     import jax
     import torch
     from stable_baselines3.common.monitor import ResultsWriter
 
     from rimrl.agents import save_weights
-    from rimrl.envs import make_env
+    from rimrl.agents.training import EvalHistory, EvalResult
+    from rimrl.envs import make_env, suite_of
     from rimrl.experiments.io import write_json, write_yaml
     from rimrl.jax.envs import make_pickup
+    from rimrl.jax.evaluation import eval_result, make_evaluator
     from rimrl.jax.policy import load_policy_into_torch, policy_from_torch
     from rimrl.jax.ppo import init_runner, make_update
 
@@ -84,7 +118,11 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
     if core not in CORES:
         raise ValueError(f"--core must be one of {', '.join(CORES)}, got {core!r}")
     jax_env = make_pickup(env_id)
-    settings = ppo_settings(env_id, core, n_envs)
+    for name, value, minimum in (("--eval-freq", eval_freq, 0), ("--eval-episodes", eval_episodes, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    variant_envs = resolve_variants(env_id, eval_variants)
+    settings = ppo_settings(env_id, core, n_envs, sequence_length)
     per_update = settings.n_envs * settings.n_steps
     if n_timesteps < per_update:
         raise ValueError(f"-n must be at least one rollout, n_envs * n_steps = {per_update}, got {n_timesteps}")
@@ -99,6 +137,31 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
     policy, params = policy_from_torch(model.policy)
     runner = init_runner(policy, params, jax_env, settings, jax.random.PRNGKey(seed))
     update = make_update(policy, jax_env, settings)
+    # The training variant first (evaluations.npz), then the others in suite order; as in
+    # train.py, naming the training variant in --eval-variants also writes its own file.
+    trained_variant = suite_of(env_id)[1]  # type: ignore[index]  # make_pickup accepted a suite id
+    records = [(trained_variant, env_id, run_dir / EVALUATIONS_FILE)]
+    records += [(variant, other, run_dir / variant_evaluations_file(variant)) for variant, other in variant_envs.items()]
+    # No resume here: a new run starts new histories (EvalHistory would append to stale files).
+    for stale in [run_dir / EVALUATIONS_FILE, *run_dir.glob(variant_evaluations_file("*"))]:
+        stale.unlink(missing_ok=True)
+    # One evaluator per env id, compiled on its first call and reused at every evaluation
+    # (sampled actions: the MiniGrid presets' evaluation mode, eval_deterministic False below).
+    evaluators = {other: make_evaluator(policy, jax_env if other == env_id else make_pickup(other), eval_episodes)
+                  for _, other, _ in records}
+    histories = [(variant, other, EvalHistory(path)) for variant, other, path in records]
+    # One key for every evaluation (train.py's fixed evaluation seed): the same episodes each time.
+    eval_key = jax.random.PRNGKey(seed + EVAL_SEED_OFFSET)
+    latest: dict[str, EvalResult] = {}  # variant -> its latest evaluation
+    eval_seconds = 0.0
+
+    def evaluate(params: Any, steps: int) -> None:
+        nonlocal eval_seconds
+        tick = time.time()
+        for variant, other, history in histories:
+            latest[variant] = eval_result(evaluators[other](params, eval_key))
+            history.add(steps, latest[variant])
+        eval_seconds += time.time() - tick
 
     started, started_at = time.time(), datetime.now(timezone.utc).isoformat()
     # SB3's own monitor writer: the file train.py's Monitor writes, read by the curves and SB3's load_results.
@@ -126,10 +189,17 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
                 monitor.write_row({"r": round(float(metrics["episode_return"][t, b]), 6),
                                    "l": int(metrics["episode_length"][t, b]),
                                    "t": round(time.time() - started, 6), "success": success})
+            steps = (index + 1) * per_update
+            # After each update that crosses a multiple of eval_freq (train.py's rule), and at the end.
+            if index == n_updates - 1 or (eval_freq > 0 and steps // eval_freq > (steps - per_update) // eval_freq):
+                evaluate(runner.params, steps)
             if bar is not None:
                 bar.update(per_update)
                 recent = successes[-100:]
-                bar.set_postfix(success=f"{np.mean(recent):.2f}" if recent else "-")
+                postfix = {"success": f"{np.mean(recent):.2f}" if recent else "-"}
+                if latest:  # the latest evaluation's success rate per variant
+                    postfix["eval"] = " ".join(f"{v} {r.success_rate:.2f}" for v, r in latest.items())
+                bar.set_postfix(postfix)
     finally:
         monitor.close()
         if bar is not None:
@@ -145,20 +215,33 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
     # The single-run command (also when a sweep or the study called train()).
     command = shlex.join(["python", "-m", "rimrl.jax.train", "--env", env_id, "--core", core, "--seed", str(seed),
                           "-n", str(n_timesteps), "-f", str(log_folder), "--n-envs", str(settings.n_envs),
-                          "--tie-break", tie_break])
+                          *(["--sequence-length", str(sequence_length)] if sequence_length else []),
+                          "--tie-break", tie_break, "--eval-freq", str(eval_freq), "--eval-episodes",
+                          str(eval_episodes), "--eval-variants", *(list(variant_envs) or ["none"])])
     write_yaml(run_dir / "config.yml", {
         "env": env_id, "core": core, "seed": seed, "n_timesteps": n_timesteps, "n_envs": settings.n_envs,
         "backend": "jax", "tie_break": tie_break, "hyperparams": asdict(settings), "env_kwargs": {},
-        "env_wrapper": [], "gym_packages": [], "family": "minigrid", "eval_deterministic": False,
+        "env_wrapper": [], "gym_packages": [], "family": "minigrid", "eval_freq": eval_freq,
+        "eval_episodes": eval_episodes, "eval_deterministic": False, "eval_variants": list(variant_envs),
         "sessions": [{"started": started_at, "command": command, "from_timesteps": 0}],
         "command": command,
     })
     recent = successes[-100:]
+    final, main_history = latest[trained_variant], histories[0][2]
     metrics_out = {"env": env_id, "core": core, "seed": seed, "backend": "jax", "num_timesteps": steps,
                    "episodes": len(successes), "success_rate_last_100": float(np.mean(recent)) if recent else None,
+                   # The final evaluation on the training variant, under train.py's names.
+                   "success_rate": final.success_rate, "mean_return": final.mean_return,
+                   "std_return": final.std_return, "mean_length": float(np.mean(final.lengths)),
+                   "n_episodes": len(final.returns), "deterministic": False,
+                   "best_timesteps": main_history.best_timesteps,
+                   "best_score": list(main_history.best_score) if main_history.best_score else None,
+                   "eval_success_rates": {variant: result.success_rate for variant, result in latest.items()},
                    "wall_time_s": round(wall, 2), "compile_s": round(compile_seconds, 2),
-                   "steps_per_s": round(steps / wall, 1),
-                   "steps_per_s_after_compile": round((steps - per_update) / max(wall - compile_seconds, 1e-9), 1)}
+                   "eval_s": round(eval_seconds, 2), "steps_per_s": round(steps / wall, 1),
+                   # Training alone: neither the first update (its compile) nor the evaluations.
+                   "steps_per_s_after_compile": round(
+                       (steps - per_update) / max(wall - compile_seconds - eval_seconds, 1e-9), 1)}
     write_json(run_dir / "final_metrics.json", metrics_out)
     return metrics_out
 
@@ -175,6 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exact ties in RIM's unit choice (units whose state is still zero): lower index first "
                              "(default; pure JAX) or torch.topk's order (a host callback per step, several times "
                              "slower). The saved model's core records it, so torch makes the same choices")
+    parser.add_argument("--eval-freq", type=int, default=DEFAULTS["eval_freq"], metavar="STEPS",
+                        help="evaluate after each update that crosses a multiple of STEPS env steps, 0 = only at "
+                             f"the end [default: {DEFAULTS['eval_freq']:_}]")
+    parser.add_argument("--eval-episodes", type=int, default=DEFAULTS["eval_episodes"], metavar="N",
+                        help=f"episodes per evaluation and variant [default: {DEFAULTS['eval_episodes']}]")
+    parser.add_argument("--eval-variants", nargs="+", metavar="VARIANT", default=None,
+                        help="also evaluate, at every evaluation, on these variants of the training env's distractor "
+                             "suite (more novel more+novel, all, or none): evaluations_<variant>.npz [default: all]")
+    parser.add_argument("--sequence-length", type=int, default=None, metavar="STEPS",
+                        help="steps per training sequence: the same steps per minibatch as more, shorter sequences, "
+                             "each replayed from the recorded core state at its start (faster on CPU; gradients stop "
+                             "at the sequence boundaries). Must divide n_steps and batch_size [default: n_steps, "
+                             "whole env columns]")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
@@ -189,12 +285,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         metrics = train(args.env, args.core, args.seed, args.n_timesteps, args.log_folder, args.overwrite,
-                        args.tie_break, args.n_envs, progress=not args.quiet)
+                        args.tie_break, args.n_envs, progress=not args.quiet, eval_freq=args.eval_freq,
+                        eval_episodes=args.eval_episodes, eval_variants=args.eval_variants,
+                        sequence_length=args.sequence_length)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing saved but the monitor file", file=sys.stderr)
+        print("interrupted: nothing saved but the monitor file and the evaluations so far", file=sys.stderr)
         return 130
     print(json.dumps(metrics))
     return 0
