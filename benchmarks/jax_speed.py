@@ -7,18 +7,19 @@ gymnasium suite) and the JAX agent of ``python -m rimrl.jax.train`` (same preset
 both on ``rimrl/Pickup-Train-v0`` from scratch for ``--steps`` env steps. Reported: env steps per
 second of wall time and per second of the process's CPU time (all its threads), for torch after one
 warm-up rollout and for JAX after the first update (which compiles; the compile time is listed),
-and the ratios JAX / torch of both. JAX runs with XLA's default CPU threads (all cores) and with
-one thread, the torch agent's budget, once per ``--sequence-lengths`` value (``preset``: whole
+and the ratios JAX / torch of both. JAX runs on all cores (XLA's default threads) and pinned to
+one core (``taskset -c 0``, the torch agent's one thread; XLA's own thread flags do not stop its
+runtime from using a second core), once per ``--sequence-lengths`` value (``preset``: whole
 ``n_steps`` columns; a number: that many steps per training sequence, same steps per minibatch).
-On a machine busy with other work, only the one-thread CPU-time ratio stays meaningful (wall time
+On a machine busy with other work, only the one-core CPU-time ratio stays meaningful (wall time
 then measures the other work too).
 
 It also prints the compute bound: the floating-point operations of one policy step (XLA's cost
 analysis of the jitted step at 256 rows, per row), times ``1 + 3 * n_epochs`` per env step (one
 forward pass in the rollout; forward and backward, about three forward passes, per epoch), against
-this machine's single-thread float32 matmul rate (a 1024 x 1024 product, measured in the same run):
-the env steps per second that no implementation of the same network and PPO settings could exceed
-on one core.
+this machine's float32 matmul rate (a 1024 x 1024 product, measured in the same run on one core and
+on all cores): the env steps per second that no implementation of the same network and PPO settings
+could exceed there.
 
     .venv/bin/python -m benchmarks.jax_speed --cores lstm rim --steps 16384
 """
@@ -28,12 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ENV = "rimrl/Pickup-Train-v0"
 ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+ONE_CORE = ["taskset", "-c", "0"]  # util-linux; the one-core rows need it
 
 _TORCH = """
 import json, sys, time, torch
@@ -109,8 +112,9 @@ print(json.dumps({{"flops_per_row_step": cost["flops"] / rows, "n_epochs": ppo_s
 """
 
 
-def _run(code: str, args: list[str], env: dict[str, str] | None = None) -> dict:
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+def _run(code: str, args: list[str], env: dict[str, str] | None = None, one_core: bool = False) -> dict:
+    prefix = ONE_CORE if one_core else []
+    proc = subprocess.run([*prefix, sys.executable, "-c", code, *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parents[1])
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
@@ -134,6 +138,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "(python -m rimrl.jax.train --sequence-length) [default: preset 16]")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if shutil.which(ONE_CORE[0]) is None:
+        parser.error(f"the one-core rows need {ONE_CORE[0]} (util-linux)")
     rows, bounds = [], []
     for core in args.cores:
         torch_result = _run(_TORCH.format(env=ENV), [core, str(args.steps)])
@@ -143,8 +149,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      "ratio": 1.0, "steps_per_cpu_s": torch_cpu_rate, "cpu_ratio": 1.0, "compile_s": None})
         for length in args.sequence_lengths:
             sequences = "whole columns" if length == "preset" else f"sequences of {length}"
-            for threads, env in (("XLA default threads", None), ("1 XLA thread", {"XLA_FLAGS": ONE_THREAD_XLA})):
-                result = _run(_JAX.format(env=ENV), [core, str(args.steps), args.tie_break, length], env)
+            for threads, one_core in (("all cores", False), ("1 core", True)):
+                env = {"XLA_FLAGS": ONE_THREAD_XLA} if one_core else None
+                result = _run(_JAX.format(env=ENV), [core, str(args.steps), args.tie_break, length], env, one_core)
                 rate, cpu_rate = result["steps"] / result["seconds"], result["steps"] / result["cpu_seconds"]
                 rows.append({"core": core, "agent": f"jax ({threads}, {sequences})", "steps_per_s": rate,
                              "ratio": rate / torch_rate, "steps_per_cpu_s": cpu_rate,
@@ -153,23 +160,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{row['core']:5s} {row['agent']:55s} {row['steps_per_s']:8.0f} steps/s x{row['ratio']:.2f}  "
                   f"{row['steps_per_cpu_s']:8.0f} steps/cpu-s x{row['cpu_ratio']:.2f}"
                   + (f"  (compile {row['compile_s']:.1f} s)" if row["compile_s"] else ""), flush=True)
-        bound = _run(_BOUND.format(env=ENV), [core], {"XLA_FLAGS": ONE_THREAD_XLA})
-        flops_per_env_step = bound["flops_per_row_step"] * (1 + 3 * bound["n_epochs"])
-        ceiling = bound["matmul_flops_per_s"] / flops_per_env_step
-        bounds.append({"core": core, **bound, "flops_per_env_step": flops_per_env_step, "ceiling_steps_per_s": ceiling,
-                       "torch_steps_per_cpu_s": torch_cpu_rate, "ceiling_ratio": ceiling / torch_cpu_rate,
-                       "torch_flops_per_s": flops_per_env_step * torch_cpu_rate})
+        for cores, one_core in (("1 core", True), ("all cores", False)):
+            bound = _run(_BOUND.format(env=ENV), [core], {"XLA_FLAGS": ONE_THREAD_XLA} if one_core else None, one_core)
+            flops_per_env_step = bound["flops_per_row_step"] * (1 + 3 * bound["n_epochs"])
+            ceiling = bound["matmul_flops_per_s"] / flops_per_env_step
+            bounds.append({"core": core, "cores": cores, **bound, "flops_per_env_step": flops_per_env_step,
+                           "ceiling_steps_per_s": ceiling, "torch_steps_per_s": torch_rate,
+                           "ceiling_ratio": ceiling / torch_rate, "torch_flops_per_s": flops_per_env_step * torch_rate})
     print("\n| core | agent | env steps/s (wall) | x torch | env steps/s (CPU time) | x torch | compile s |\n"
           "| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         compile_s = "-" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
         print(f"| {row['core']} | {row['agent']} | {row['steps_per_s']:.0f} | {row['ratio']:.2f} | "
               f"{row['steps_per_cpu_s']:.0f} | {row['cpu_ratio']:.2f} | {compile_s} |")
-    print("\n| core | MFLOP per policy step | MFLOP per env step | torch GFLOP/s | 1-thread matmul GFLOP/s | "
-          "ceiling env steps/s (1 core) | ceiling x torch |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("\n| core | MFLOP per policy step | MFLOP per env step | torch GFLOP/s | on | matmul GFLOP/s | "
+          "ceiling env steps/s | ceiling x torch (wall) |\n| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
     for b in bounds:
         print(f"| {b['core']} | {b['flops_per_row_step'] / 1e6:.2f} | {b['flops_per_env_step'] / 1e6:.1f} | "
-              f"{b['torch_flops_per_s'] / 1e9:.1f} | {b['matmul_flops_per_s'] / 1e9:.0f} | "
+              f"{b['torch_flops_per_s'] / 1e9:.1f} | {b['cores']} | {b['matmul_flops_per_s'] / 1e9:.0f} | "
               f"{b['ceiling_steps_per_s']:.0f} | {b['ceiling_ratio']:.1f} |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

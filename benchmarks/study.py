@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("-n", "--n-timesteps", type=_int, default=DEFAULT_STEPS, metavar="N",
                       help=f"env steps per run, the same for every core [default: {DEFAULT_STEPS:_}]")
     what.add_argument("--n-envs", type=_int, metavar="N", help="parallel training envs [default: the preset's]")
+    what.add_argument("--sequence-length", type=_int, metavar="STEPS",
+                      help="--backend jax only: python -m rimrl.jax.train --sequence-length [default: its default]")
     what.add_argument("--hyperparams", nargs="+", metavar="KEY=VALUE",
                       help="train.py --hyperparams overrides, the same for every core [default: the presets]")
     what.add_argument("--train-eval-episodes", type=_int, metavar="N",
@@ -175,6 +177,7 @@ class StudySettings:
     n_timesteps: int
     out: Path
     n_envs: int | None = None
+    sequence_length: int | None = None  # --backend jax only; None: the JAX trainer's default
     hyperparams: list[str] = field(default_factory=list)
     train_eval_episodes: int | None = None
     eval_freq: int | None = None
@@ -215,6 +218,7 @@ class StudySettings:
         return {
             "suite": self.suite, "env": self.env_id, "variants": self.variants, "cores": self.cores,
             "seeds": self.seeds, "n_timesteps": self.n_timesteps, "n_envs": self.n_envs,
+            "sequence_length": self.sequence_length,
             "hyperparams": self.hyperparams, "train_eval_episodes": self.train_eval_episodes,
             "eval_freq": self.eval_freq, "save_freq": self.save_freq, "episodes": self.episodes, "deterministic": False,
             "eval_seed": self.eval_seed, "eval_n_envs": self.eval_n_envs, "reps": self.reps,
@@ -239,7 +243,7 @@ def settings_from(args: argparse.Namespace, command: str) -> StudySettings:
         if seed < 0:
             raise CLIError(f"--seeds must be >= 0, got {seed}")
     for flag, value, minimum in (
-        ("-n/--n-timesteps", args.n_timesteps, 1), ("--n-envs", args.n_envs, 1),
+        ("-n/--n-timesteps", args.n_timesteps, 1), ("--n-envs", args.n_envs, 1), ("--sequence-length", args.sequence_length, 1),
         ("--train-eval-episodes", args.train_eval_episodes, 1), ("--eval-freq", args.eval_freq, 0),
         ("--save-freq", args.save_freq, 0), ("--episodes", args.episodes, 1), ("--eval-seed", args.eval_seed, 0),
         ("--eval-n-envs", args.eval_n_envs, 1),
@@ -250,6 +254,8 @@ def settings_from(args: argparse.Namespace, command: str) -> StudySettings:
             raise CLIError(f"{flag} must be >= {minimum}, got {value}")
     hyperparams = list(args.hyperparams or [])
     parse_key_values(hyperparams)  # a malformed item fails here; keys and types are checked by train.py
+    if args.backend != "jax" and args.sequence_length is not None:
+        raise CLIError("--sequence-length is an option of the JAX trainer: add --backend jax")
     if args.backend == "jax":
         for flag, value in (("--hyperparams", args.hyperparams), ("--save-freq", args.save_freq)):
             if value is not None:
@@ -260,7 +266,7 @@ def settings_from(args: argparse.Namespace, command: str) -> StudySettings:
         raise CLIError(f"--out {str(out)!r} exists and is not a directory")
     return StudySettings(
         suite=args.suite, cores=list(args.cores), seeds=list(args.seeds), n_timesteps=args.n_timesteps, out=out,
-        n_envs=args.n_envs, hyperparams=hyperparams, train_eval_episodes=args.train_eval_episodes,
+        n_envs=args.n_envs, sequence_length=args.sequence_length, hyperparams=hyperparams, train_eval_episodes=args.train_eval_episodes,
         eval_freq=args.eval_freq, save_freq=args.save_freq, episodes=args.episodes, eval_seed=args.eval_seed, eval_n_envs=args.eval_n_envs,
         reps=args.reps, bin_steps=args.bin_steps, workers=args.workers, threads=args.threads,
         backend=args.backend, dry_run=args.dry_run, quiet=args.quiet, command=command,
@@ -312,6 +318,13 @@ def inspect_run(settings: StudySettings, core: str, seed: int) -> RunState:
                            f"same ones or another --out")
         if settings.n_envs is not None and config.get("n_envs") not in (None, settings.n_envs):
             raise CLIError(f"{where} --n-envs {config['n_envs']}, not {settings.n_envs}; use the same or another --out")
+        if settings.backend == "jax":
+            from rimrl.jax.train import SEQUENCE_LENGTH
+
+            wanted = settings.sequence_length or SEQUENCE_LENGTH
+            saved = (config.get("hyperparams") or {}).get("sequence_length") or (config.get("hyperparams") or {}).get("n_steps")
+            if saved is not None and saved != wanted:
+                raise CLIError(f"{where} --sequence-length {saved}, not {wanted}; use the same or another --out")
     metrics = _read_json(run_dir / METRICS_FILE) if (run_dir / MODEL_FILE).is_file() else None
     if metrics is not None and int(metrics.get("num_timesteps") or 0) >= settings.n_timesteps:
         saved_n = config.get("n_timesteps")
@@ -378,10 +391,10 @@ def train_jax(settings: StudySettings, core: str, seed: int) -> None:
     """One ``python -m rimrl.jax.train`` run (from scratch: a partial run is overwritten), with its
     periodic evaluations on every variant as the torch runs have them (train.py ``--eval-variants all``)."""
     from rimrl.experiments.options import DEFAULTS
-    from rimrl.jax.train import train
+    from rimrl.jax.train import SEQUENCE_LENGTH, train
 
     train(settings.env_id, core, seed, settings.n_timesteps, str(settings.out), overwrite=True, n_envs=settings.n_envs,
-          progress=False, eval_variants=["all"],
+          progress=False, eval_variants=["all"], sequence_length=settings.sequence_length or SEQUENCE_LENGTH,
           eval_freq=DEFAULTS["eval_freq"] if settings.eval_freq is None else settings.eval_freq,
           eval_episodes=DEFAULTS["eval_episodes"] if settings.train_eval_episodes is None else settings.train_eval_episodes)
 

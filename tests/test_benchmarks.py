@@ -143,6 +143,7 @@ def test_study_trains_evaluates_and_resumes(tmp_path: Path, capsys: pytest.Captu
     (["--episodes", "abc"], "not an integer"),
     (["--cores", "transformer"], "invalid choice"),
     (["--hyperparams", "n_steps"], "key=value"),
+    (["--sequence-length", "16"], "--sequence-length is an option of the JAX trainer"),
 ])
 def test_study_rejects_bad_arguments(argv: list[str], message: str, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -186,3 +187,18 @@ def test_study_learning_curve_bins_and_drops_replayed_steps(tmp_path: Path) -> N
     curve = training_success(tmp_path, edges)
     # ends: 10 (1), 20 (0) | 30 (1), 35 (0) | 60 -> clipped to 50 (1); the session-0 episode ending at 40 is dropped
     assert curve.tolist() == [0.5, 0.5, 1.0]
+
+
+def test_jax_speed_snippets_time_torch_jax_and_the_compute_bound() -> None:
+    """The three child processes of benchmarks/jax_speed.py, each once (the LSTM, one rollout)."""
+    pytest.importorskip("jax", reason="benchmarks/jax_speed.py needs the jax extra: pip install 'rimrl[jax]'")
+    from benchmarks import jax_speed
+
+    env = jax_speed.ENV
+    torch_run = jax_speed._run(jax_speed._TORCH.format(env=env), ["lstm", "1024"])
+    jax_run = jax_speed._run(jax_speed._JAX.format(env=env), ["lstm", "1024", "index", "16"])
+    assert torch_run["steps"] == jax_run["steps"] == 1024 and jax_run["compile_s"] > 0
+    assert torch_run["seconds"] > 0 and jax_run["cpu_seconds"] > 0
+    bound = jax_speed._run(jax_speed._BOUND.format(env=env), ["lstm"])
+    # One shared LSTM step: the encoder's projection and the LSTM's matmuls dominate (> 0.3 MFLOP).
+    assert bound["flops_per_row_step"] > 3e5 and bound["n_epochs"] == 4 and bound["matmul_flops_per_s"] > 1e9
