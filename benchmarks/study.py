@@ -177,7 +177,7 @@ class StudySettings:
     n_timesteps: int
     out: Path
     n_envs: int | None = None
-    sequence_length: int | None = None  # --backend jax only; None: the JAX trainer's default
+    sequence_length: int | None = None  # --backend jax only (resolved to the JAX trainer's default)
     hyperparams: list[str] = field(default_factory=list)
     train_eval_episodes: int | None = None
     eval_freq: int | None = None
@@ -254,9 +254,13 @@ def settings_from(args: argparse.Namespace, command: str) -> StudySettings:
             raise CLIError(f"{flag} must be >= {minimum}, got {value}")
     hyperparams = list(args.hyperparams or [])
     parse_key_values(hyperparams)  # a malformed item fails here; keys and types are checked by train.py
-    if args.backend != "jax" and args.sequence_length is not None:
+    sequence_length = args.sequence_length
+    if args.backend != "jax" and sequence_length is not None:
         raise CLIError("--sequence-length is an option of the JAX trainer: add --backend jax")
     if args.backend == "jax":
+        from rimrl.jax.train import SEQUENCE_LENGTH  # no JAX import: the trainer imports it when it trains
+
+        sequence_length = sequence_length or SEQUENCE_LENGTH
         for flag, value in (("--hyperparams", args.hyperparams), ("--save-freq", args.save_freq)):
             if value is not None:
                 raise CLIError(f"{flag} is a train.py option; --backend jax trains with the presets and writes no "
@@ -266,7 +270,7 @@ def settings_from(args: argparse.Namespace, command: str) -> StudySettings:
         raise CLIError(f"--out {str(out)!r} exists and is not a directory")
     return StudySettings(
         suite=args.suite, cores=list(args.cores), seeds=list(args.seeds), n_timesteps=args.n_timesteps, out=out,
-        n_envs=args.n_envs, sequence_length=args.sequence_length, hyperparams=hyperparams, train_eval_episodes=args.train_eval_episodes,
+        n_envs=args.n_envs, sequence_length=sequence_length, hyperparams=hyperparams, train_eval_episodes=args.train_eval_episodes,
         eval_freq=args.eval_freq, save_freq=args.save_freq, episodes=args.episodes, eval_seed=args.eval_seed, eval_n_envs=args.eval_n_envs,
         reps=args.reps, bin_steps=args.bin_steps, workers=args.workers, threads=args.threads,
         backend=args.backend, dry_run=args.dry_run, quiet=args.quiet, command=command,
@@ -319,12 +323,11 @@ def inspect_run(settings: StudySettings, core: str, seed: int) -> RunState:
         if settings.n_envs is not None and config.get("n_envs") not in (None, settings.n_envs):
             raise CLIError(f"{where} --n-envs {config['n_envs']}, not {settings.n_envs}; use the same or another --out")
         if settings.backend == "jax":
-            from rimrl.jax.train import SEQUENCE_LENGTH
-
-            wanted = settings.sequence_length or SEQUENCE_LENGTH
-            saved = (config.get("hyperparams") or {}).get("sequence_length") or (config.get("hyperparams") or {}).get("n_steps")
-            if saved is not None and saved != wanted:
-                raise CLIError(f"{where} --sequence-length {saved}, not {wanted}; use the same or another --out")
+            saved = config.get("hyperparams") or {}
+            saved = saved.get("sequence_length") or saved.get("n_steps")  # None: whole columns of n_steps
+            if saved is not None and saved != settings.sequence_length:
+                raise CLIError(f"{where} --sequence-length {saved}, not {settings.sequence_length}; use the same or "
+                               f"another --out")
     metrics = _read_json(run_dir / METRICS_FILE) if (run_dir / MODEL_FILE).is_file() else None
     if metrics is not None and int(metrics.get("num_timesteps") or 0) >= settings.n_timesteps:
         saved_n = config.get("n_timesteps")
@@ -390,13 +393,12 @@ def check_trainings(settings: StudySettings, pending: Sequence[RunState]) -> Non
 def train_jax(settings: StudySettings, core: str, seed: int) -> None:
     """One ``python -m rimrl.jax.train`` run (from scratch: a partial run is overwritten), with its
     periodic evaluations on every variant as the torch runs have them (train.py ``--eval-variants all``)."""
-    from rimrl.experiments.options import DEFAULTS
-    from rimrl.jax.train import SEQUENCE_LENGTH, train
+    from rimrl.jax.train import train
 
+    evaluation = {"eval_freq": settings.eval_freq, "eval_episodes": settings.train_eval_episodes}
     train(settings.env_id, core, seed, settings.n_timesteps, str(settings.out), overwrite=True, n_envs=settings.n_envs,
-          progress=False, eval_variants=["all"], sequence_length=settings.sequence_length or SEQUENCE_LENGTH,
-          eval_freq=DEFAULTS["eval_freq"] if settings.eval_freq is None else settings.eval_freq,
-          eval_episodes=DEFAULTS["eval_episodes"] if settings.train_eval_episodes is None else settings.train_eval_episodes)
+          progress=False, eval_variants=["all"], sequence_length=settings.sequence_length,
+          **{name: value for name, value in evaluation.items() if value is not None})  # else the trainer's defaults
 
 
 def train_runs(settings: StudySettings, pending: Sequence[RunState]) -> int:
@@ -688,8 +690,7 @@ def write_markdown(settings: StudySettings, runs: Sequence[RunState], missing: S
         f"{settings.eval_seed}, {settings.eval_n_envs} envs (per-run files under `{settings.out / EVAL_DIR}`).",
         f"- Written {created}; git commit {git.get('commit') or '?'}{' (dirty)' if git.get('dirty') else ''}.",
         "- Figures: `results.png` (IQM and CI per variant and core), `curves.png` (success vs env steps: training "
-        + ("episodes, and the JAX trainer's periodic evaluations on every variant)." if jax else
-           "episodes, and train.py's periodic evaluations on every variant)."),
+        f"episodes, and {'the JAX trainer' if jax else 'train.py'}'s periodic evaluations on every variant).",
     ]
     if missing:
         header.append(f"- **Not included** (training did not complete): "

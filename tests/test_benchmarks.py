@@ -172,6 +172,25 @@ def test_study_refuses_a_finished_run_with_another_budget(tmp_path: Path, capsys
     assert "-n 2_048, not 1_024" in capsys.readouterr().err
 
 
+
+@pytest.mark.parametrize(("saved", "argv", "message"), [
+    ({"n_steps": 128, "sequence_length": None}, [], "--sequence-length 128, not 16"),  # a whole-column run
+    ({"n_steps": 128, "sequence_length": 16}, ["--sequence-length", "32"], "--sequence-length 16, not 32"),
+])
+def test_jax_study_refuses_a_run_trained_with_another_sequence_length(
+        saved: dict, argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import study
+
+    run = tmp_path / "rimrl-Pickup-Train-v0" / "lstm" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.yml").write_text(yaml.safe_dump({"env": "rimrl/Pickup-Train-v0", "core": "lstm", "seed": 0,
+                                                    "n_timesteps": 1024, "backend": "jax", "hyperparams": saved}))
+    with pytest.raises(SystemExit) as exit_info:
+        study.main(["--backend", "jax", "--cores", "lstm", "--seeds", "0", "-n", "1024", *argv,
+                    "--out", str(tmp_path), "--dry-run"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
 def test_study_learning_curve_bins_and_drops_replayed_steps(tmp_path: Path) -> None:
     from rimrl.evaluation.curves import curve_edges, training_success
 

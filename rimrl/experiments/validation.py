@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
+def check_int(name: str, value: Any, minimum: int) -> int:
     """``value`` if it is an integer (not a bool) >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ExperimentInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -103,15 +103,15 @@ def validate_settings(settings: dict[str, Any], resume: bool = False) -> None:
     for core in [] if resume else settings["cores"]:
         _check_core(core)
     for seed in settings["seeds"]:
-        _check_int("seed", seed, 0)
-    _check_int("n_timesteps", settings["n_timesteps"], 1)
+        check_int("seed", seed, 0)
+    check_int("n_timesteps", settings["n_timesteps"], 1)
     if settings["n_envs"] is not None:
-        _check_int("n_envs", settings["n_envs"], 1)
+        check_int("n_envs", settings["n_envs"], 1)
     if settings["vec_env"] is not None and settings["vec_env"] not in VEC_ENVS:
         raise ExperimentInputError(f"vec_env must be one of {', '.join(VEC_ENVS)}, got {settings['vec_env']!r}")
     for name, minimum in (("eval_freq", 0), ("eval_episodes", 1), ("save_freq", 0), ("keep_checkpoints", 0),
                           ("threads", 1)):
-        _check_int(name, settings[name], minimum)
+        check_int(name, settings[name], minimum)
     mode = settings["eval_deterministic"]
     if mode is not None and not isinstance(mode, bool):  # "false" in YAML is a string: truthy
         raise ExperimentInputError(f"eval_deterministic must be true or false (a YAML boolean), or null for the env's "

@@ -138,8 +138,7 @@ def make_update(policy: JaxPolicy, env: PickupJax, settings: PPOSettings):
         episode_return = runner.episode_return + reward
         episode_length = runner.episode_length + 1
         transition = {"obs": runner.obs, "core_state": runner.core_state, "episode_start": runner.episode_start,
-                      "action": action,
-                      "log_prob": log_prob, "value": value, "reward": reward, "done": done,
+                      "action": action, "log_prob": log_prob, "value": value, "reward": reward, "done": done,
                       "episode_return": episode_return, "episode_length": episode_length, "success": success}
         runner = runner._replace(env_state=env_state, obs=obs, core_state=core_state,
                                  episode_start=done.astype(jnp.float32),

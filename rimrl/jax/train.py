@@ -113,6 +113,7 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
     from rimrl.agents.training import EvalHistory, EvalResult
     from rimrl.envs import make_env, suite_of
     from rimrl.experiments.io import write_json, write_yaml
+    from rimrl.experiments.validation import check_int
     from rimrl.jax.envs import make_pickup
     from rimrl.jax.evaluation import eval_result, make_evaluator
     from rimrl.jax.policy import load_policy_into_torch, policy_from_torch
@@ -122,9 +123,8 @@ def train(env_id: str, core: str, seed: int, n_timesteps: int, log_folder: str |
     if core not in CORES:
         raise ValueError(f"--core must be one of {', '.join(CORES)}, got {core!r}")
     jax_env = make_pickup(env_id)
-    for name, value, minimum in (("--eval-freq", eval_freq, 0), ("--eval-episodes", eval_episodes, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    check_int("--eval-freq", eval_freq, 0)
+    check_int("--eval-episodes", eval_episodes, 1)
     variant_envs = resolve_variants(env_id, eval_variants)
     settings = ppo_settings(env_id, core, n_envs, sequence_length)
     per_update = settings.n_envs * settings.n_steps
